@@ -1,0 +1,48 @@
+# pymacvtap — every target installs what it needs itself (apt + a venv), so the
+# two README commands work on a fresh Debian machine as root.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY         := $(VENV)/bin/python
+APT_PACKAGES := python3 python3-venv python3-pip iproute2 tcpdump procps kmod
+STAMP       := $(VENV)/.installed
+
+.PHONY: all setup apt-deps test lint typecheck unit demo bench clean
+
+all: test
+
+# apt only runs when a package is missing: repeated `make test` stays fast and offline.
+apt-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "apt: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | apt-deps
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: apt-deps $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check pymacvtap tests bench
+	$(VENV)/bin/ruff format --check pymacvtap tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/core
+
+demo: setup
+	$(VPY) -m pymacvtap.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

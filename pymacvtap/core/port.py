@@ -1,0 +1,290 @@
+"""The forwarding policy of one lower: where each frame goes.
+
+This module is the one place to read to know where a frame can go.  Its three
+entry points mirror drivers/net/macvlan.c:
+
+* :meth:`Port.from_lower`        -- macvlan_handle_frame (frames off the wire)
+* :meth:`Port.flood`             -- macvlan_broadcast / macvlan_multicast_rx
+* :meth:`Port.from_endpoint`     -- macvlan_queue_xmit (frames an endpoint sends)
+
+Frames for an endpoint are appended to its bounded ``rx_queue``; frames for the
+wire to the port's bounded ``tx_queue``.  The I/O layer drains both.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pymacvtap.core.frame import ETH_HLEN, ETH_P_PAUSE
+from pymacvtap.core.modes import (
+    FLOOD_FROM_BRIDGE,
+    FLOOD_FROM_OUTSIDE,
+    FLOOD_FROM_VEPA,
+    REFLECT_TO_SENDER_ONLY,
+    Mode,
+)
+from pymacvtap.core.stats import Disposition, DropReason, LowerStats, Outcome
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pymacvtap.core.endpoint import Endpoint
+    from pymacvtap.core.frame import Frame
+
+DEFAULT_TX_QUEUE_LEN = 4096
+
+
+class Port:
+    """Per-lower state (the kernel's ``struct macvlan_port``)."""
+
+    __slots__ = (
+        "bc_queue",
+        "by_mac",
+        "endpoints",
+        "groups",
+        "mac",
+        "mtu",
+        "name",
+        "passthru",
+        "ready",
+        "sources",
+        "stats",
+        "tx_queue",
+        "tx_queue_len",
+        "up",
+    )
+
+    def __init__(self, name: str, mac: bytes, mtu: int = 1500) -> None:
+        self.name = name
+        self.mac = mac
+        self.mtu = mtu
+        self.up = True  # carrier of the lower
+        # Every endpoint, up or down, in creation order (the kernel's port->vlans).
+        self.endpoints: dict[str, Endpoint] = {}
+        # Endpoints that are UP, by MAC: the kernel's vlan_hash holds only these.
+        self.by_mac: dict[bytes, Endpoint] = {}
+        # Allowed source MAC -> source-mode endpoints listing it (vlan_source_hash).
+        self.sources: dict[bytes, list[Endpoint]] = {}
+        # The single passthru endpoint, when the lower is in passthru mode.
+        self.passthru: Endpoint | None = None
+        # The lower's multicast filter: group -> number of UP endpoints that joined;
+        # None key counts UP endpoints in allmulti (the lower goes allmulti).
+        self.groups: dict[bytes | None, int] = {}
+        self.bc_queue: deque[tuple[Disposition, Endpoint | None]] = deque()
+        self.tx_queue: deque[Frame] = deque()
+        self.tx_queue_len = DEFAULT_TX_QUEUE_LEN
+        self.stats = LowerStats()
+        # Endpoints with frames waiting in rx_queue, in the order they became ready.
+        self.ready: dict[Endpoint, None] = {}
+
+    # -- helpers ---------------------------------------------------------------
+
+    @property
+    def bcqueuelen(self) -> int:
+        """The queue bound: the largest any endpoint asked for (usedbcqueuelen)."""
+        return max((ep.bcqueuelen for ep in self.endpoints.values()), default=0)
+
+    def accepts_group(self, dst: bytes) -> bool:
+        """The lower's filter (port->mc_filter): broadcast, joined groups, allmulti."""
+        groups = self.groups
+        return dst == b"\xff\xff\xff\xff\xff\xff" or dst in groups or None in groups
+
+    def _deliver(self, ep: Endpoint, frame: Frame, multicast: bool) -> bool:
+        """Queue ``frame`` for ``ep``; False (and counted) when its queue is full."""
+        queue = ep.rx_queue
+        stats = ep.stats
+        if len(queue) >= ep.rx_queue_len:
+            stats.rx_dropped += 1
+            stats.drops[DropReason.RX_QUEUE_FULL] = (
+                stats.drops.get(DropReason.RX_QUEUE_FULL, 0) + 1
+            )
+            return False
+        queue.append(frame)
+        stats.rx_packets += 1
+        stats.rx_bytes += len(frame.data)
+        if multicast:
+            stats.rx_multicast += 1
+        if ep not in self.ready:
+            self.ready[ep] = None
+        return True
+
+    def _offer(self, ep: Endpoint, frame: Frame, multicast: bool, d: Disposition) -> None:
+        """Offer a copy to ``ep``, recording in ``d`` whether it took it."""
+        if self._deliver(ep, frame, multicast):
+            d.receivers.append(ep)
+        else:
+            d.refused.append(ep)
+
+    def _settle(self, d: Disposition) -> Disposition:
+        """Final outcome of a frame from the lower once every copy was offered."""
+        if d.receivers:
+            d.outcome = Outcome.DELIVERED
+        elif d.refused:
+            d.outcome = Outcome.DROPPED
+            if d.reason is None:
+                d.reason = DropReason.RX_QUEUE_FULL
+        elif d.reason is None:
+            d.outcome = Outcome.NOT_OURS
+            self.stats.rx_not_ours += 1
+        else:
+            d.outcome = Outcome.DROPPED
+        return d
+
+    def _count_lower_drop(self, reason: DropReason) -> None:
+        stats = self.stats
+        setattr(stats, reason.counter, getattr(stats, reason.counter) + 1)
+        stats.drops[reason] = stats.drops.get(reason, 0) + 1
+        if reason is DropReason.BCQUEUE_FULL:
+            stats.bcqueue_dropped += 1
+
+    def _drop_lower(self, frame: Frame, reason: DropReason) -> Disposition:
+        self._count_lower_drop(reason)
+        return Disposition(frame, Outcome.DROPPED, reason=reason)
+
+    @staticmethod
+    def _drop_endpoint(ep: Endpoint, frame: Frame, reason: DropReason) -> Disposition:
+        stats = ep.stats
+        setattr(stats, reason.counter, getattr(stats, reason.counter) + 1)
+        stats.drops[reason] = stats.drops.get(reason, 0) + 1
+        return Disposition(frame, Outcome.DROPPED, reason=reason)
+
+    def _forward_source(self, frame: Frame, src: bytes, d: Disposition) -> None:
+        """Copies for source-mode endpoints listing ``src`` (macvlan_forward_source)."""
+        listeners = self.sources.get(src)
+        if listeners:
+            for ep in listeners:
+                if ep.up:
+                    self._offer(ep, frame, False, d)
+
+    # -- frames from the wire (macvlan_handle_frame) ------------------------------
+
+    def from_lower(self, frame: Frame) -> Disposition:
+        data = frame.data
+        stats = self.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += len(data)
+        if len(data) < ETH_HLEN:
+            return self._drop_lower(frame, DropReason.RUNT_FROM_LOWER)
+        if frame.segment_size() > self.mtu:
+            return self._drop_lower(frame, DropReason.OVERSIZE_FROM_LOWER)
+        return self._receive(frame)
+
+    def _receive(self, frame: Frame) -> Disposition:
+        """The receive path proper; bridge-mode local unicast re-enters here too."""
+        data = frame.data
+        dst = data[0:6]
+        src_mac = data[6:12]
+        d = Disposition(frame, Outcome.QUEUED)
+        self._forward_source(frame, src_mac, d)
+
+        if data[0] & 1:  # multicast or broadcast destination
+            src = self.by_mac.get(src_mac)
+            if src is not None and src.mode & REFLECT_TO_SENDER_ONLY:
+                # Our own private/passthru/source endpoint's group frame came back
+                # from the switch: it goes to the sender alone, never to siblings.
+                self._offer(src, frame, False, d)
+                return self._settle(d)
+            if not self.accepts_group(dst):
+                return self._settle(d)
+            if len(self.bc_queue) >= self.bcqueuelen:
+                self._count_lower_drop(DropReason.BCQUEUE_FULL)
+                d.reason = DropReason.BCQUEUE_FULL
+                return self._settle(d)
+            # Flooding is deferred like the kernel's bc_work; copies already made
+            # for source endpoints travel in ``d`` so the frame settles once.
+            self.bc_queue.append((d, src))
+            return d
+
+        if self.passthru is not None:
+            ep = self.passthru
+            if not ep.up:
+                # The kernel consumes (frees) unicast for a down passthru endpoint.
+                if not d.receivers and not d.refused:
+                    self._count_lower_drop(DropReason.PASSTHRU_DOWN)
+                    d.reason = DropReason.PASSTHRU_DOWN
+                return self._settle(d)
+        else:
+            found = self.by_mac.get(dst)
+            if found is None or found.mode is Mode.SOURCE:
+                return self._settle(d)
+            ep = found
+        self._offer(ep, frame, False, d)
+        return self._settle(d)
+
+    # -- flooding (macvlan_broadcast, macvlan_multicast_rx) ----------------------
+
+    def flood(self, frame: Frame, src: Endpoint | None, mask: Mode, d: Disposition) -> None:
+        """Copy a group frame to every UP endpoint in ``mask`` whose filter takes it."""
+        data = frame.data
+        if ((data[12] << 8) | data[13]) == ETH_P_PAUSE:
+            return
+        dst = data[0:6]
+        for ep in self.by_mac.values():
+            if ep is not src and ep.mode & mask and ep.accepts_group(dst):
+                self._offer(ep, frame, True, d)
+
+    def process_broadcasts(self, budget: int) -> list[Disposition]:
+        """Drain up to ``budget`` frames of the broadcast queue, in order."""
+        settled = []
+        queue = self.bc_queue
+        while queue and budget > 0:
+            budget -= 1
+            d, src = queue.popleft()
+            if src is None:
+                mask = FLOOD_FROM_OUTSIDE
+            elif src.mode is Mode.VEPA:
+                mask = FLOOD_FROM_VEPA
+            else:
+                mask = FLOOD_FROM_BRIDGE
+            self.flood(d.frame, src, mask, d)
+            settled.append(self._settle(d))
+        return settled
+
+    # -- frames an endpoint sends (macvlan_queue_xmit) --------------------------
+
+    def from_endpoint(self, ep: Endpoint, frame: Frame) -> Disposition:
+        data = frame.data
+        if len(data) < ETH_HLEN:
+            return self._drop_endpoint(ep, frame, DropReason.RUNT_FROM_ENDPOINT)
+        if frame.segment_size() > ep.mtu:
+            return self._drop_endpoint(ep, frame, DropReason.OVERSIZE_FROM_ENDPOINT)
+        if not ep.up:
+            return self._drop_endpoint(ep, frame, DropReason.ENDPOINT_DOWN)
+        if ep.spoofchk and data[6:12] != ep.mac:
+            return self._drop_endpoint(ep, frame, DropReason.SPOOFED)
+
+        d = Disposition(frame, Outcome.DELIVERED)
+        if ep.mode is Mode.BRIDGE:
+            if data[0] & 1:
+                # Bridge peers get their copy now; the wire gets the frame too.
+                self.flood(frame, ep, Mode.BRIDGE, d)
+            else:
+                dest = self.by_mac.get(data[0:6])
+                if dest is not None and dest.mode is Mode.BRIDGE:
+                    # Looped through the lower's receive path, as dev_forward_skb
+                    # does: source-mode listeners see it too; the wire does not.
+                    self._count_tx(ep, frame)
+                    return self._receive(frame)
+
+        if not self.up:
+            reason = DropReason.LOWER_DOWN
+        elif len(self.tx_queue) >= self.tx_queue_len:
+            reason = DropReason.WIRE_QUEUE_FULL
+        else:
+            self.tx_queue.append(frame)
+            self.stats.tx_packets += 1
+            self.stats.tx_bytes += len(data)
+            self._count_tx(ep, frame)
+            d.wire = True
+            return d
+        if d.receivers:
+            # Local bridge copies went out; only the wire copy is lost, and the
+            # kernel counts that as a failed transmit (tx_dropped).
+            self._drop_endpoint(ep, frame, reason)
+            d.reason = reason
+            return d
+        return self._drop_endpoint(ep, frame, reason)
+
+    @staticmethod
+    def _count_tx(ep: Endpoint, frame: Frame) -> None:
+        ep.stats.tx_packets += 1
+        ep.stats.tx_bytes += len(frame.data)

@@ -1,0 +1,164 @@
+"""Counters and dispositions: every frame handed to the engine is accounted for.
+
+A frame ends in exactly one :class:`Disposition` (SPEC 2.2): delivered to k
+endpoints and/or the wire, not ours (the host's to handle), or dropped with the
+named counter that was incremented.  Frames flooded from the lower pass through
+the broadcast queue first; their disposition is ``QUEUED`` until
+:meth:`pymacvtap.core.engine.Engine.process_broadcasts` settles it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pymacvtap.core.endpoint import Endpoint
+    from pymacvtap.core.frame import Frame
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    NOT_OURS = "not_ours"
+    DROPPED = "dropped"
+    QUEUED = "queued"
+
+
+class DropReason(enum.Enum):
+    """Why a frame was dropped, and so which counter went up.
+
+    The value is ``(charged object, counter)``: ``lower`` or ``endpoint`` (the
+    sender for ``tx_*``, the receiver for ``rx_*``).
+    """
+
+    RUNT_FROM_LOWER = ("lower", "rx_errors")
+    OVERSIZE_FROM_LOWER = ("lower", "rx_errors")
+    BCQUEUE_FULL = ("lower", "rx_dropped")
+    PASSTHRU_DOWN = ("lower", "rx_dropped")
+    RUNT_FROM_ENDPOINT = ("endpoint", "tx_errors")
+    OVERSIZE_FROM_ENDPOINT = ("endpoint", "tx_errors")
+    ENDPOINT_DOWN = ("endpoint", "tx_dropped")
+    LOWER_DOWN = ("endpoint", "tx_dropped")
+    SPOOFED = ("endpoint", "tx_dropped")
+    WIRE_QUEUE_FULL = ("endpoint", "tx_dropped")
+    RX_QUEUE_FULL = ("endpoint", "rx_dropped")
+
+    @property
+    def counter(self) -> str:
+        return self.value[1]
+
+
+class EndpointStats:
+    """Per-endpoint counters, named as in ``struct rtnl_link_stats64``."""
+
+    __slots__ = (
+        "drops",
+        "rx_bytes",
+        "rx_dropped",
+        "rx_errors",
+        "rx_multicast",
+        "rx_packets",
+        "tx_bytes",
+        "tx_dropped",
+        "tx_errors",
+        "tx_packets",
+    )
+
+    def __init__(self) -> None:
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.rx_errors = 0
+        self.rx_dropped = 0
+        self.rx_multicast = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.tx_errors = 0
+        self.tx_dropped = 0
+        self.drops: dict[DropReason, int] = {}
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """The shape of ``ip -j -s link``'s ``stats64``."""
+        return {
+            "rx": {
+                "bytes": self.rx_bytes,
+                "packets": self.rx_packets,
+                "errors": self.rx_errors,
+                "dropped": self.rx_dropped,
+                "multicast": self.rx_multicast,
+            },
+            "tx": {
+                "bytes": self.tx_bytes,
+                "packets": self.tx_packets,
+                "errors": self.tx_errors,
+                "dropped": self.tx_dropped,
+            },
+        }
+
+
+class LowerStats:
+    """Per-lower counters: what came in from the wire and what went out."""
+
+    __slots__ = (
+        "bcqueue_dropped",
+        "drops",
+        "rx_bytes",
+        "rx_dropped",
+        "rx_errors",
+        "rx_not_ours",
+        "rx_packets",
+        "tx_bytes",
+        "tx_packets",
+    )
+
+    def __init__(self) -> None:
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.rx_errors = 0
+        self.rx_dropped = 0
+        self.rx_not_ours = 0
+        self.bcqueue_dropped = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.drops: dict[DropReason, int] = {}
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__ if name != "drops"}
+
+
+class Disposition:
+    """Where one frame went.
+
+    ``receivers`` are the endpoints that got a copy, in delivery order;
+    ``refused`` those offered one whose queue was full (each counted in its
+    ``rx_dropped``); ``wire`` says whether it was queued for the lower.  A
+    ``reason`` on a delivered frame names the counter charged for the part of
+    it that was lost (the wire copy, or the flood after the broadcast queue
+    overflowed).
+    """
+
+    __slots__ = ("frame", "outcome", "reason", "receivers", "refused", "wire")
+
+    def __init__(
+        self,
+        frame: Frame,
+        outcome: Outcome,
+        receivers: list[Endpoint] | None = None,
+        wire: bool = False,
+        reason: DropReason | None = None,
+    ) -> None:
+        self.frame = frame
+        self.outcome = outcome
+        self.receivers: list[Endpoint] = receivers if receivers is not None else []
+        self.refused: list[Endpoint] = []
+        self.wire = wire
+        self.reason = reason
+
+    @property
+    def receiver_names(self) -> list[str]:
+        return [ep.name for ep in self.receivers]
+
+    def __repr__(self) -> str:
+        extra = f" reason={self.reason.name}" if self.reason else ""
+        return (
+            f"Disposition({self.outcome.value} to={self.receiver_names} wire={self.wire}{extra})"
+        )
