@@ -116,19 +116,21 @@ class Engine:
         port = self.port(lower)
         if port.passthru is not None:
             raise EngineError(
-                "EINVAL", f"{name}: lower {lower} is taken by passthru endpoint "
-                f"{port.passthru.name}"
+                "EINVAL",
+                f"{name}: lower {lower} is taken by passthru endpoint {port.passthru.name}",
             )
         if mode is Mode.PASSTHRU:
             if port.endpoints:
                 raise EngineError(
-                    "EINVAL", f"{name}: passthru needs lower {lower} to itself, "
-                    f"it has {len(port.endpoints)} endpoint(s)"
+                    "EINVAL",
+                    f"{name}: passthru needs lower {lower} to itself, "
+                    f"it has {len(port.endpoints)} endpoint(s)",
                 )
             if mac is not None and mac != port.mac:
                 raise EngineError(
-                    "EINVAL", f"{name}: a passthru endpoint carries the lower's address "
-                    f"{format_mac(port.mac)}"
+                    "EINVAL",
+                    f"{name}: a passthru endpoint carries the lower's address "
+                    f"{format_mac(port.mac)}",
                 )
             mac = port.mac
         elif mac is None:
@@ -143,8 +145,14 @@ class Engine:
         if rx_queue_len < 1:
             raise EngineError("EINVAL", f"{name}: queue length {rx_queue_len} must be >= 1")
         ep = Endpoint(
-            name, port, mode, mac, mtu,
-            spoofchk=spoofchk, bcqueuelen=bcqueuelen, rx_queue_len=rx_queue_len,
+            name,
+            port,
+            mode,
+            mac,
+            mtu,
+            spoofchk=spoofchk,
+            bcqueuelen=bcqueuelen,
+            rx_queue_len=rx_queue_len,
         )
         port.endpoints[name] = ep
         self.endpoints[name] = ep
@@ -183,8 +191,7 @@ class Engine:
             holder = port.by_mac.get(ep.mac)
             if holder is not None:  # only possible through restored state; kept for safety
                 raise EngineError(
-                    "EADDRINUSE", f"{name}: address {format_mac(ep.mac)}: in use by "
-                    f"{holder.name}"
+                    "EADDRINUSE", f"{name}: address {format_mac(ep.mac)}: in use by {holder.name}"
                 )
             port.by_mac[ep.mac] = ep
             ep.up = True
@@ -223,9 +230,7 @@ class Engine:
         if mode is ep.mode:
             return
         if Mode.PASSTHRU in (mode, ep.mode):
-            raise EngineError(
-                "EINVAL", f"{name}: mode cannot change to or from passthru"
-            )
+            raise EngineError("EINVAL", f"{name}: mode cannot change to or from passthru")
         if ep.mode is Mode.SOURCE:
             self._set_sources(ep, set())  # leaving source mode flushes the list
         ep.mode = mode
@@ -351,8 +356,8 @@ class Engine:
     def _check_mtu(port: Port, name: str, mtu: int) -> None:
         if not MIN_MTU <= mtu <= port.mtu:
             raise EngineError(
-                "EINVAL", f"{name}: mtu {mtu}: must be {MIN_MTU}..{port.mtu} "
-                f"(the MTU of lower {port.name})"
+                "EINVAL",
+                f"{name}: mtu {mtu}: must be {MIN_MTU}..{port.mtu} (the MTU of lower {port.name})",
             )
 
     @staticmethod

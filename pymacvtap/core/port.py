@@ -94,9 +94,7 @@ class Port:
         stats = ep.stats
         if len(queue) >= ep.rx_queue_len:
             stats.rx_dropped += 1
-            stats.drops[DropReason.RX_QUEUE_FULL] = (
-                stats.drops.get(DropReason.RX_QUEUE_FULL, 0) + 1
-            )
+            stats.drops[DropReason.RX_QUEUE_FULL] = stats.drops.get(DropReason.RX_QUEUE_FULL, 0) + 1
             return False
         queue.append(frame)
         stats.rx_packets += 1

@@ -159,6 +159,4 @@ class Disposition:
 
     def __repr__(self) -> str:
         extra = f" reason={self.reason.name}" if self.reason else ""
-        return (
-            f"Disposition({self.outcome.value} to={self.receiver_names} wire={self.wire}{extra})"
-        )
+        return f"Disposition({self.outcome.value} to={self.receiver_names} wire={self.wire}{extra})"
