@@ -1,0 +1,1 @@
+"""Endpoint frontends: how frames reach an endpoint's user (tap, stream, dgram, vhost-user)."""

@@ -1,0 +1,27 @@
+"""What the daemon needs from any frontend: fds to read, a queue to write out, close."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from pymacvtap.core.frame import Frame
+
+
+class Frontend(Protocol):
+    """One endpoint's connection to its user (a netdev, a VM).
+
+    The daemon polls ``readable_fds()``, calls ``read(fd, budget)`` when one is
+    ready and hands the frames to the engine; it calls ``write(queue)`` with the
+    endpoint's receive queue after each batch.  ``write`` pops what it could
+    send and returns the fd to wait on for writability when the peer is full
+    (backpressure instead of spinning), or None when the queue is drained.
+    """
+
+    def readable_fds(self) -> list[int]: ...
+
+    def read(self, fd: int, budget: int) -> list[Frame]: ...
+
+    def write(self, queue: deque[Frame]) -> int | None: ...
+
+    def close(self, *, delete: bool) -> None: ...

@@ -1,0 +1,1 @@
+"""I/O at the edges: the event loop, lowers (AF_PACKET), taps, netlink, namespaces."""
