@@ -9,6 +9,7 @@ reported while the ``.bak`` copy is loaded instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -76,18 +77,14 @@ class StateStore:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise StateError(f"cannot save state in {self.directory}: {exc.strerror}") from exc
 
     def _quarantine(self, path: str) -> None:
         """Keep a corrupt file for the operator, out of the way of the next save."""
-        try:
+        with contextlib.suppress(OSError):
             os.replace(path, path + ".corrupt")
-        except OSError:
-            pass
 
 
 def _decode(raw: str) -> list[EndpointConfig]:
