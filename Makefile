@@ -4,7 +4,7 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 VPY         := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-pip iproute2 tcpdump procps kmod
+APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod
 STAMP       := $(VENV)/.installed
 
 .PHONY: all setup apt-deps test lint typecheck unit demo bench clean

@@ -107,6 +107,7 @@ class LowerStats:
         "rx_not_ours",
         "rx_packets",
         "tx_bytes",
+        "tx_errors",
         "tx_packets",
     )
 
@@ -116,6 +117,7 @@ class LowerStats:
         self.rx_errors = 0
         self.rx_dropped = 0
         self.rx_not_ours = 0
+        self.tx_errors = 0  # frames the lower's socket refused (counted by the I/O layer)
         self.bcqueue_dropped = 0
         self.tx_packets = 0
         self.tx_bytes = 0

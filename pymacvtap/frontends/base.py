@@ -16,7 +16,15 @@ class Frontend(Protocol):
     endpoint's receive queue after each batch.  ``write`` pops what it could
     send and returns the fd to wait on for writability when the peer is full
     (backpressure instead of spinning), or None when the queue is drained.
+
+    Frames the engine delivered that the frontend then could not hand over
+    (no VM connected, device down, a broken offload header) are counted in
+    ``dropped``; malformed input from the user (bad framing) in ``errors``.
+    The daemon adds them to the endpoint's rx_dropped and tx_errors.
     """
+
+    dropped: int
+    errors: int
 
     def readable_fds(self) -> list[int]: ...
 

@@ -32,7 +32,7 @@ class DgramFrontend:
         self.peer: str | None = peer
         self._buf = bytearray(MAX_DATAGRAM)
         self.errors = 0
-        self.discarded = 0
+        self.dropped = 0
 
     def readable_fds(self) -> list[int]:
         return [self.sock.fileno()]
@@ -55,7 +55,7 @@ class DgramFrontend:
     def write(self, queue: deque[Frame]) -> int | None:
         peer = self.peer
         if peer is None:
-            self.discarded += len(queue)
+            self.dropped += len(queue)
             queue.clear()
             return None
         sock = self.sock
@@ -65,7 +65,7 @@ class DgramFrontend:
                 try:
                     pieces = [p.data for p in to_plain(frame)]
                 except OffloadError:
-                    self.errors += 1
+                    self.dropped += 1
                     queue.popleft()
                     continue
             else:
@@ -78,7 +78,7 @@ class DgramFrontend:
             except OSError as exc:
                 if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
                     # The VM is gone (its socket closed): forget it until it speaks.
-                    self.discarded += len(queue)
+                    self.dropped += len(queue)
                     queue.clear()
                     self.peer = self.configured_peer if peer != self.configured_peer else None
                     return None

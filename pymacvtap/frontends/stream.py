@@ -47,7 +47,7 @@ class StreamFrontend:
         self._outbuf = bytearray()
         self.on_fds_changed = on_fds_changed
         self.errors = 0  # malformed framing from the VM (connection dropped)
-        self.discarded = 0  # frames for the VM while none was connected
+        self.dropped = 0  # frames for the VM lost: none connected, bad offload header
         self.connects = 0
 
     @property
@@ -97,7 +97,7 @@ class StreamFrontend:
     def write(self, queue: deque[Frame]) -> int | None:
         conn = self.conn
         if conn is None:
-            self.discarded += len(queue)
+            self.dropped += len(queue)
             queue.clear()
             return None
         out = self._outbuf
@@ -107,7 +107,7 @@ class StreamFrontend:
                 try:
                     plain = to_plain(frame)
                 except OffloadError:
-                    self.errors += 1
+                    self.dropped += 1
                     continue
             else:
                 plain = [frame]

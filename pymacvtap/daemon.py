@@ -1,0 +1,661 @@
+"""The daemon: one event loop joining lowers, endpoints' frontends and the engine.
+
+Data path, per loop iteration ("breath"):
+
+1. every readable lower / frontend fd is drained in a batch into the engine
+   (``Port.from_lower`` / ``Port.from_endpoint``);
+2. the after-poll hook settles deferred floods (the broadcast queue), writes
+   each ready endpoint's queue to its frontend and each lower's queue to the
+   wire.  A frontend or lower that is full is polled for writability
+   instead of spun on; frames beyond its bounded queue are counted drops.
+
+Control path: the control server calls the :class:`Daemon` methods below
+(``link_add`` ...), each of which changes the engine, the real devices and the
+saved state together, undoing what it did when a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import grp
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from pymacvtap import __version__
+from pymacvtap.config import ConfigError, EndpointConfig
+from pymacvtap.core.endpoint import Endpoint
+from pymacvtap.core.engine import Engine
+from pymacvtap.core.errors import EngineError
+from pymacvtap.core.mac import format_mac, parse_mac
+from pymacvtap.core.modes import Mode
+from pymacvtap.core.port import Port
+from pymacvtap.frontends.base import Frontend
+from pymacvtap.frontends.netdev import NetdevFrontend
+from pymacvtap.io import netlink
+from pymacvtap.io.afpacket import FrameRejected, PacketLower
+from pymacvtap.io.loop import Loop
+from pymacvtap.io.netns import netns_exists
+from pymacvtap.state import StateError, StateStore
+
+log = logging.getLogger("pymacvtap")
+
+DEFAULT_SOCKET = "/run/pymacvtap/control.sock"
+DEFAULT_STATE_DIR = "/var/lib/pymacvtap"
+RX_BATCH = 64  # frames read from one fd per wake-up before serving the others
+BROADCAST_BUDGET = 256  # flood copies settled per breath, so unicast is not starved
+GROUP_POLL_SECONDS = 1.0  # how often container multicast lists are re-read
+NETNS_POLL_SECONDS = 2.0
+
+
+class LowerRuntime:
+    """A lower in use: its AF_PACKET socket, its engine port and who uses it."""
+
+    __slots__ = ("blocked", "port", "sock")
+
+    def __init__(self, port: Port, sock: PacketLower) -> None:
+        self.port = port
+        self.sock = sock
+        self.blocked = False  # waiting for the socket to become writable
+
+
+class EndpointRuntime:
+    __slots__ = ("blocked", "cfg", "ep", "frontend")
+
+    def __init__(self, cfg: EndpointConfig, ep: Endpoint, frontend: Frontend) -> None:
+        self.cfg = cfg
+        self.ep = ep
+        self.frontend = frontend
+        self.blocked = False
+
+
+class Daemon:
+    """The Service behind the control socket, and the owner of the data path."""
+
+    def __init__(self, loop: Loop, state: StateStore) -> None:
+        self.loop = loop
+        self.state = state
+        self.engine = Engine(os.urandom)
+        self.lowers: dict[str, LowerRuntime] = {}
+        self.endpoints: dict[str, EndpointRuntime] = {}
+        self._subscribers: list[Callable[[dict[str, Any]], None]] = []
+        self._watchers: dict[str | None, netlink.LinkWatcher] = {}
+        loop.after_poll(self._breathe)
+        self._ensure_watcher(None)
+        loop.call_later(GROUP_POLL_SECONDS, self._poll_groups)
+        loop.call_later(NETNS_POLL_SECONDS, self._poll_namespaces)
+
+    # -- Service: the control verbs ------------------------------------------------
+
+    def link_add(self, cfg: EndpointConfig, *, restoring: bool = False) -> dict[str, Any]:
+        where = f"link add {cfg.name}"
+        if cfg.name in self.endpoints:
+            raise EngineError("EEXIST", f"{where}: an endpoint of that name exists")
+        if cfg.type == "macvtap" or cfg.frontend != "tap":
+            raise ConfigError(f"{where}: type macvtap endpoints are not available yet", "ENOTSUP")
+        if cfg.netns is not None and not netns_exists(cfg.netns):
+            raise ConfigError(f"{where}: netns {cfg.netns}: no such network namespace", "ENOENT")
+        undo: list[Callable[[], object]] = []
+        try:
+            lower = self._use_lower(cfg.link, where)
+            if not lower.port.endpoints:
+                undo.append(lambda: self._release_lower(cfg.link))
+            try:
+                ep = self.engine.add_endpoint(
+                    cfg.name,
+                    cfg.link,
+                    Mode.parse(cfg.mode),
+                    parse_mac(cfg.address) if cfg.address else None,
+                    cfg.mtu,
+                    spoofchk=cfg.spoofchk,
+                    bcqueuelen=cfg.bcqueuelen,
+                )
+            except EngineError as exc:
+                raise EngineError(
+                    exc.code, f"{where}: {_strip_name(exc.message, cfg.name)}"
+                ) from None
+            undo.append(lambda: self.engine.remove_endpoint(cfg.name))
+            cfg.address = format_mac(ep.mac)
+            cfg.mtu = ep.mtu
+            if cfg.macaddrs:
+                self.engine.macaddr(cfg.name, "set", [parse_mac(m) for m in cfg.macaddrs])
+            try:
+                frontend = NetdevFrontend.create(
+                    cfg.netdev_name, cfg.netns, ep.mac, ep.mtu, reattach=restoring
+                )
+            except FileExistsError as exc:
+                raise ConfigError(f"{where}: {exc}", "EEXIST") from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: cannot create netdev {cfg.netdev_name}: {exc.strerror or exc}",
+                    errno.errorcode.get(exc.errno or 0, "EIO"),
+                ) from None
+            undo.append(lambda: frontend.close(delete=not restoring))
+            self._ensure_watcher(cfg.netns)
+            rt = EndpointRuntime(cfg, ep, frontend)
+            self.endpoints[cfg.name] = rt
+            undo.append(lambda: self.endpoints.pop(cfg.name, None))
+            self._add_unicast(lower, ep.mac)
+            undo.append(lambda: lower.sock.del_unicast(ep.mac))
+            self._follow_netdev(rt, initial=True, restoring=restoring)
+            if not restoring:
+                self._save(where)
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:  # pragma: no cover - best effort rollback
+                    log.exception("%s: rollback step failed", where)
+            raise
+        for fd in frontend.readable_fds():
+            self.loop.add_reader(fd, self._reader(rt, fd))
+        self._emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
+        return self._show(rt, stats=False)
+
+    def link_set(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        where = f"link set {name}"
+        rt = self._endpoint(name, where)
+        cfg, ep = rt.cfg, rt.ep
+        try:
+            if "mode" in changes:
+                self.engine.set_mode(name, Mode.parse(str(changes["mode"])))
+                cfg.mode = ep.mode.label
+                if ep.mode is not Mode.SOURCE:
+                    cfg.macaddrs = []
+            if "address" in changes:
+                self._set_address(rt, parse_mac(str(changes["address"])))
+            if "mtu" in changes:
+                mtu = int(changes["mtu"])
+                self.engine.set_mtu(name, mtu)
+                netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
+                cfg.mtu = mtu
+            if "spoofchk" in changes:
+                self.engine.set_spoofchk(name, bool(changes["spoofchk"]))
+                cfg.spoofchk = bool(changes["spoofchk"])
+            if "macaddr" in changes:
+                spec = changes["macaddr"]
+                macs = [parse_mac(m) for m in spec.get("addresses", [])]
+                self.engine.macaddr(name, str(spec.get("op")), macs)
+                cfg.macaddrs = sorted(format_mac(m) for m in ep.source_macs)
+            if "up" in changes:
+                up = bool(changes["up"])
+                netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
+                self._set_up(rt, up)
+        except EngineError as exc:
+            raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        self._save(where)
+        self._emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
+        return self._show(rt, stats=False)
+
+    def link_del(self, name: str) -> None:
+        rt = self._endpoint(name, f"link del {name}")
+        self._remove(rt, reason="deleted by request", delete_netdev=True)
+        self._save(f"link del {name}")
+
+    def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        if name is not None:
+            return [self._show(self._endpoint(name, f"link show {name}"), stats)]
+        return [self._show(rt, stats) for rt in self.endpoints.values()]
+
+    def endpoint_access(self, name: str) -> tuple[int | None, int | None]:
+        rt = self._endpoint(name, name)
+        return rt.cfg.owner, rt.cfg.group
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- restore ---------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Recreate the saved endpoints; drop (with a log line) those that cannot be."""
+        configs = self.state.load()
+        for cfg in configs:
+            if cfg.netns is not None and not netns_exists(cfg.netns):
+                log.warning("restore %s: netns %s is gone; endpoint removed", cfg.name, cfg.netns)
+                continue
+            try:
+                self.link_add(cfg, restoring=True)
+            except (ConfigError, EngineError, OSError) as exc:
+                log.warning("restore %s: %s; endpoint removed", cfg.name, exc)
+        self._save("restore")
+        log.info("restored %d of %d endpoint(s)", len(self.endpoints), len(configs))
+
+    # -- the data path ---------------------------------------------------------------
+
+    def _reader(self, rt: EndpointRuntime, fd: int) -> Callable[[], None]:
+        frontend = rt.frontend
+        ep = rt.ep
+
+        def on_readable() -> None:
+            port = ep.port
+            if port is None:
+                return
+            from_endpoint = port.from_endpoint
+            for frame in frontend.read(fd, RX_BATCH):
+                from_endpoint(ep, frame)
+
+        return on_readable
+
+    def _lower_reader(self, lower: LowerRuntime) -> Callable[[], None]:
+        sock = lower.sock
+        from_lower = lower.port.from_lower
+
+        def on_readable() -> None:
+            for frame in sock.recv_batch(RX_BATCH):
+                from_lower(frame)
+
+        return on_readable
+
+    def _breathe(self) -> bool:
+        """Settle floods, then flush every queue the readers filled.  True: work left."""
+        more = False
+        for lower in self.lowers.values():
+            port = lower.port
+            if port.bc_queue:
+                port.process_broadcasts(BROADCAST_BUDGET)
+                if port.bc_queue:
+                    more = True
+            if port.ready:
+                ready = list(port.ready)
+                port.ready.clear()
+                for ep in ready:
+                    rt = self.endpoints.get(ep.name)
+                    if rt is None or rt.blocked:
+                        continue
+                    fd = rt.frontend.write(ep.rx_queue)
+                    if fd is not None:
+                        rt.blocked = True
+                        self.loop.add_writer(fd, self._unblock_endpoint(rt, fd))
+                    elif ep.rx_queue:
+                        port.ready[ep] = None
+                        more = True
+            if port.tx_queue and not lower.blocked:
+                self._flush_lower(lower)
+        return more
+
+    def _flush_lower(self, lower: LowerRuntime) -> None:
+        queue = lower.port.tx_queue
+        send = lower.sock.send
+        while queue:
+            try:
+                if not send(queue[0]):
+                    lower.blocked = True
+                    self.loop.add_writer(lower.sock.fileno(), lambda: self._unblock_lower(lower))
+                    return
+            except FrameRejected:
+                # The lower refused this one frame (down, too big for it): count it.
+                lower.port.stats.tx_errors += 1
+            queue.popleft()
+
+    def _unblock_lower(self, lower: LowerRuntime) -> None:
+        self.loop.remove_writer(lower.sock.fileno())
+        lower.blocked = False
+        self._flush_lower(lower)
+
+    def _unblock_endpoint(self, rt: EndpointRuntime, fd: int) -> Callable[[], None]:
+        def writable() -> None:
+            self.loop.remove_writer(fd)
+            rt.blocked = False
+            port = rt.ep.port
+            if port is not None and rt.ep.rx_queue:
+                port.ready[rt.ep] = None
+
+        return writable
+
+    # -- lowers ------------------------------------------------------------------------
+
+    def _use_lower(self, name: str, where: str) -> LowerRuntime:
+        lower = self.lowers.get(name)
+        if lower is not None:
+            return lower
+        try:
+            info = netlink.link_info(name)
+        except netlink.LinkNotFound:
+            raise ConfigError(f"{where}: link {name}: no such device", "ENODEV") from None
+        if info.kind not in (None, "", "veth", "dummy", "bond", "team", "vlan", "macvlan"):
+            log.info("lower %s is of kind %s", name, info.kind)
+        try:
+            sock = PacketLower(name)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: link {name}: cannot open: {exc.strerror or exc}", "EIO"
+            ) from None
+        port = self.engine.add_lower(name, info.mac, info.mtu, up=info.carrier)
+        lower = LowerRuntime(port, sock)
+        self.lowers[name] = lower
+        self.loop.add_reader(sock.fileno(), self._lower_reader(lower))
+        return lower
+
+    def _release_lower(self, name: str) -> None:
+        lower = self.lowers.pop(name, None)
+        if lower is None:
+            return
+        self.loop.forget(lower.sock.fileno())
+        lower.sock.close()
+        if name in self.engine.ports:
+            self.engine.remove_lower(name)
+
+    def _add_unicast(self, lower: LowerRuntime, mac: bytes) -> None:
+        if lower.port.passthru is not None:
+            lower.sock.set_promisc(True)
+        else:
+            lower.sock.add_unicast(mac)
+
+    def _lower_event(self, ev: netlink.LinkEvent) -> None:
+        lower = self.lowers.get(ev.ifname)
+        if lower is None:
+            return
+        if ev.deleted:
+            victims = [rt for rt in self.endpoints.values() if rt.cfg.link == ev.ifname]
+            for rt in victims:
+                self._remove(rt, reason=f"lower {ev.ifname} was removed", delete_netdev=True)
+            self._release_lower(ev.ifname)
+            self._emit({"event": "lower.del", "link": ev.ifname})
+            self._save(f"lower {ev.ifname} removed")
+            return
+        if ev.carrier is not None and ev.carrier != lower.port.up:
+            self.engine.set_lower_carrier(ev.ifname, ev.carrier)
+            self._emit({"event": "lower.carrier", "link": ev.ifname, "carrier": ev.carrier})
+        if ev.mtu is not None and ev.mtu != lower.port.mtu:
+            for ep in self.engine.set_lower_mtu(ev.ifname, ev.mtu):
+                rt = self.endpoints[ep.name]
+                rt.cfg.mtu = ep.mtu
+                try:
+                    netlink.set_link(rt.cfg.netdev_name, rt.cfg.netns, mtu=ep.mtu)
+                except OSError as exc:
+                    log.warning("%s: cannot clamp mtu: %s", ep.name, exc)
+            self._save(f"lower {ev.ifname} mtu")
+        if ev.mac is not None and ev.mac != lower.port.mac:
+            self.engine.set_lower_mac(ev.ifname, ev.mac)
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def _endpoint(self, name: str, where: str) -> EndpointRuntime:
+        rt = self.endpoints.get(name)
+        if rt is None:
+            raise EngineError("ENODEV", f"{where}: no such endpoint")
+        return rt
+
+    def _set_up(self, rt: EndpointRuntime, up: bool) -> None:
+        if rt.ep.up == up:
+            return
+        self.engine.set_up(rt.cfg.name, up)
+        rt.cfg.up = up
+        if not up:
+            rt.ep.rx_queue.clear()
+
+    def _set_address(self, rt: EndpointRuntime, mac: bytes) -> None:
+        old = rt.ep.mac
+        self.engine.set_mac(rt.cfg.name, mac)
+        lower = self.lowers[rt.cfg.link]
+        try:
+            netlink.set_link(rt.cfg.netdev_name, rt.cfg.netns, address=format_mac(mac))
+        except OSError:
+            self.engine.set_mac(rt.cfg.name, old)
+            raise
+        if lower.port.passthru is None:
+            lower.sock.add_unicast(mac)
+            lower.sock.del_unicast(old)
+        rt.cfg.address = format_mac(mac)
+
+    def _follow_netdev(self, rt: EndpointRuntime, *, initial: bool, restoring: bool) -> None:
+        """Bring the engine in line with the netdev (admin state, MTU, groups)."""
+        cfg = rt.cfg
+        if initial and not restoring:
+            want_up = cfg.starts_up
+            if want_up:
+                netlink.set_link(cfg.netdev_name, cfg.netns, up=True)
+            self._set_up(rt, want_up)
+        else:
+            info = netlink.link_info(cfg.netdev_name, cfg.netns)
+            self._set_up(rt, info.up)
+        self._sync_groups(rt)
+
+    def _sync_groups(self, rt: EndpointRuntime) -> None:
+        try:
+            groups = netlink.multicast_groups(rt.cfg.netdev_name, rt.cfg.netns)
+        except (OSError, netlink.LinkNotFound):
+            return
+        self.engine.set_groups(rt.cfg.name, groups)
+
+    def _netdev_event(self, rt: EndpointRuntime, ev: netlink.LinkEvent) -> None:
+        """Follow `ip link set` done directly on the endpoint's netdev."""
+        cfg = rt.cfg
+        if ev.deleted:
+            self._remove(rt, reason=f"netdev {cfg.netdev_name} was deleted", delete_netdev=False)
+            self._save(f"netdev {cfg.netdev_name} deleted")
+            return
+        changed = False
+        if ev.up is not None and ev.up != rt.ep.up:
+            self._set_up(rt, ev.up)
+            self._sync_groups(rt)
+            changed = True
+        if ev.mtu is not None and ev.mtu != rt.ep.mtu:
+            try:
+                self.engine.set_mtu(cfg.name, ev.mtu)
+                cfg.mtu = ev.mtu
+                changed = True
+            except EngineError as exc:
+                log.warning("%s: %s; restoring mtu %d", cfg.name, exc.message, rt.ep.mtu)
+                netlink.set_link(cfg.netdev_name, cfg.netns, mtu=rt.ep.mtu)
+        if ev.mac is not None and ev.mac != rt.ep.mac:
+            try:
+                old = rt.ep.mac
+                self.engine.set_mac(cfg.name, ev.mac)
+                lower = self.lowers[cfg.link]
+                lower.sock.add_unicast(ev.mac)
+                lower.sock.del_unicast(old)
+                cfg.address = format_mac(ev.mac)
+                changed = True
+            except EngineError as exc:
+                log.warning("%s: %s; restoring the address", cfg.name, exc.message)
+                netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(rt.ep.mac))
+        if changed:
+            self._save(f"netdev {cfg.netdev_name} changed")
+            self._emit({"event": "link.set", "ifname": cfg.name, "source": "netdev"})
+
+    def _remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
+        cfg = rt.cfg
+        for fd in rt.frontend.readable_fds():
+            self.loop.forget(fd)
+        try:
+            rt.frontend.close(delete=delete_netdev)
+        except OSError as exc:
+            log.warning("%s: closing the frontend: %s", cfg.name, exc)
+        lower = self.lowers.get(cfg.link)
+        mac = rt.ep.mac
+        self.engine.remove_endpoint(cfg.name)
+        del self.endpoints[cfg.name]
+        if lower is not None:
+            with contextlib.suppress(OSError):
+                lower.sock.del_unicast(mac)
+            if not lower.port.endpoints:
+                self._release_lower(cfg.link)
+        log.info("%s: removed: %s", cfg.name, reason)
+        self._emit({"event": "link.del", "ifname": cfg.name, "reason": reason})
+
+    # -- netlink watching and polling ---------------------------------------------
+
+    def _ensure_watcher(self, netns: str | None) -> None:
+        if netns in self._watchers:
+            return
+        watcher = netlink.LinkWatcher(netns)
+        self._watchers[netns] = watcher
+        self.loop.add_reader(watcher.fileno(), lambda: self._on_link_events(netns))
+
+    def _on_link_events(self, netns: str | None) -> None:
+        watcher = self._watchers.get(netns)
+        if watcher is None:
+            return
+        for ev in watcher.read_events():
+            if netns is None:
+                self._lower_event(ev)
+            for rt in list(self.endpoints.values()):
+                if rt.cfg.netns == netns and rt.cfg.netdev_name == ev.ifname:
+                    self._netdev_event(rt, ev)
+
+    def _poll_groups(self) -> None:
+        # The kernel tells nobody when a tap's multicast list changes, so
+        # joined groups are re-read periodically (the engine's exact filter).
+        for rt in list(self.endpoints.values()):
+            if rt.ep.up:
+                self._sync_groups(rt)
+        self.loop.call_later(GROUP_POLL_SECONDS, self._poll_groups)
+
+    def _poll_namespaces(self) -> None:
+        gone = [
+            rt
+            for rt in self.endpoints.values()
+            if rt.cfg.netns is not None and not netns_exists(rt.cfg.netns)
+        ]
+        for rt in gone:
+            self._remove(rt, reason=f"netns {rt.cfg.netns} is gone", delete_netdev=False)
+        if gone:
+            self._save("netns removed")
+        used = {rt.cfg.netns for rt in self.endpoints.values()}
+        for netns in [ns for ns in self._watchers if ns is not None and ns not in used]:
+            watcher = self._watchers.pop(netns)
+            self.loop.forget(watcher.fileno())
+            watcher.close()
+        self.loop.call_later(NETNS_POLL_SECONDS, self._poll_namespaces)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _show(self, rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
+        cfg, ep = rt.cfg, rt.ep
+        port = ep.port
+        if not ep.up:
+            operstate = "DOWN"
+        elif port is not None and not port.up:
+            operstate = "LOWERLAYERDOWN"
+        else:
+            operstate = "UP"
+        entry: dict[str, Any] = {
+            "ifname": cfg.name,
+            "link": cfg.link,
+            "type": cfg.type,
+            "mode": ep.mode.label,
+            "address": format_mac(ep.mac),
+            "mtu": ep.mtu,
+            "operstate": operstate,
+            "frontend": cfg.frontend,
+            "path": cfg.socket_path,
+            "netns": cfg.netns,
+            "netdev": cfg.netdev_name if cfg.frontend == "tap" else None,
+            "owner": cfg.owner,
+            "group": cfg.group,
+            "queues": cfg.queues,
+            "spoofchk": ep.spoofchk,
+            "bcqueuelen": cfg.bcqueuelen,
+        }
+        if ep.mode is Mode.SOURCE:
+            entry["macaddrs"] = sorted(format_mac(m) for m in ep.source_macs)
+        if stats:
+            counters = ep.stats.as_dict()
+            counters["rx"]["dropped"] += rt.frontend.dropped
+            counters["tx"]["errors"] += rt.frontend.errors
+            entry["stats64"] = counters
+        return entry
+
+    def _save(self, where: str) -> None:
+        try:
+            self.state.save([rt.cfg for rt in self.endpoints.values()])
+        except StateError as exc:
+            # The change is live but would not survive a restart: say so loudly.
+            log.error("%s: %s", where, exc)
+            self._emit({"event": "state.error", "message": str(exc)})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("monitor subscriber failed")
+
+    def close(self) -> None:
+        """Stop without deleting anything: persistent netdevs stay for the next start."""
+        for rt in list(self.endpoints.values()):
+            for fd in rt.frontend.readable_fds():
+                self.loop.forget(fd)
+            rt.frontend.close(delete=False)
+        for name in list(self.lowers):
+            self._release_lower(name)
+        for watcher in self._watchers.values():
+            watcher.close()
+
+
+def _strip_name(message: str, name: str) -> str:
+    """Engine messages start with the endpoint name; the verb prefix already has it."""
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) we are ready; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    import socket
+
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(path)
+        sock.sendall(message.encode())
+
+
+def main(args: argparse.Namespace) -> int:
+    """``pymacvtap daemon``: run until SIGTERM/SIGINT."""
+    from pymacvtap.control.server import ControlServer
+
+    logging.basicConfig(
+        level=logging.INFO, format="pymacvtap[%(process)d]: %(message)s", stream=sys.stderr
+    )
+    socket_path = args.socket or os.environ.get("PYMACVTAP_SOCKET") or DEFAULT_SOCKET
+    admin_gid: int | None = None
+    if args.admin_group:
+        try:
+            admin_gid = (
+                int(args.admin_group)
+                if str(args.admin_group).isdigit()
+                else grp.getgrnam(args.admin_group).gr_gid
+            )
+        except KeyError:
+            print(f"pymacvtap: daemon: group {args.admin_group}: no such group", file=sys.stderr)
+            return 1
+    loop = Loop()
+    daemon = Daemon(loop, StateStore(args.state_dir or DEFAULT_STATE_DIR, log.warning))
+    try:
+        server = ControlServer(loop, socket_path, daemon, admin_gid, log)
+    except OSError as exc:
+        print(f"pymacvtap: daemon: {socket_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    daemon.restore()
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.add_signal_handler(signal.SIGINT, loop.stop)
+    log.info("pymacvtap %s ready on %s", __version__, socket_path)
+    _sd_notify("READY=1")
+    try:
+        loop.run()
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        server.close()
+        daemon.close()
+        loop.close()
+    return 0

@@ -1,0 +1,81 @@
+"""The ``tap`` frontend of a ``macvlan`` endpoint: a network device for a container or the host.
+
+The daemon creates a tap named ``ifname`` inside the endpoint's network
+namespace, gives it the endpoint's MAC, and keeps the tap fd: frames the
+container sends are read from the fd, frames for it are written to the fd.  The
+tap is persistent so that the netdev, its addresses and routes survive a daemon
+restart (SPEC 5); the next daemon re-attaches by name.  A vnet header with TSO
+and checksum offloads lets super-frames pass through unsegmented.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pymacvtap.core.frame import Frame
+from pymacvtap.core.mac import format_mac
+from pymacvtap.io import netlink
+from pymacvtap.io.netns import entered
+from pymacvtap.io.tap import FrameRejected, Tap
+
+# How many frames one write() call may push before yielding to the loop.
+WRITE_BUDGET = 256
+
+
+class NetdevFrontend:
+    """A persistent tap netdev in a namespace, read and written by the daemon."""
+
+    def __init__(self, ifname: str, netns: str | None, tap: Tap) -> None:
+        self.ifname = ifname
+        self.netns = netns
+        self.tap = tap
+        self.dropped = 0  # frames the tap refused (device down, bad header)
+        self.errors = 0
+
+    @classmethod
+    def create(
+        cls, ifname: str, netns: str | None, mac: bytes, mtu: int, *, reattach: bool
+    ) -> NetdevFrontend:
+        """Create the tap (or, when ``reattach``, take over the existing one by name)."""
+        with entered(netns):
+            exists = netlink.link_exists(ifname)
+            if exists and not reattach:
+                raise FileExistsError(f"a device named {ifname} exists already")
+            tap = Tap.open(ifname, persist=True)
+        frontend = cls(ifname, netns, tap)
+        try:
+            if not exists:
+                netlink.set_link(ifname, netns, address=format_mac(mac), mtu=mtu, up=False)
+            else:
+                netlink.set_link(ifname, netns, address=format_mac(mac))
+        except BaseException:
+            frontend.close(delete=not exists)
+            raise
+        return frontend
+
+    def readable_fds(self) -> list[int]:
+        return [self.tap.fileno(0)]
+
+    def read(self, fd: int, budget: int) -> list[Frame]:
+        return self.tap.read_batch(0, budget)
+
+    def write(self, queue: deque[Frame]) -> int | None:
+        tap = self.tap
+        budget = WRITE_BUDGET
+        while queue and budget:
+            try:
+                if not tap.write(queue[0]):
+                    return tap.fileno(0)
+            except FrameRejected:
+                # EIO while the container has the device down: the frame is lost,
+                # as it would be on a down netdev; count it and go on.
+                self.dropped += 1
+            queue.popleft()
+            budget -= 1
+        return None
+
+    def close(self, *, delete: bool) -> None:
+        """Close our fd; with ``delete`` also remove the netdev (link del)."""
+        self.tap.close()
+        if delete:
+            netlink.delete_link(self.ifname, self.netns)
