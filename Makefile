@@ -4,7 +4,8 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 VPY         := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod
+APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
+                util-linux passwd qemu-system-x86 busybox-static
 STAMP       := $(VENV)/.installed
 
 .PHONY: all setup apt-deps test lint typecheck unit demo bench clean
@@ -17,7 +18,7 @@ apt-deps:
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "apt: installing$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 $(STAMP): pyproject.toml | apt-deps
@@ -29,8 +30,8 @@ $(STAMP): pyproject.toml | apt-deps
 setup: apt-deps $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check pymacvtap tests bench
-	$(VENV)/bin/ruff format --check pymacvtap tests bench
+	$(VENV)/bin/ruff check pymacvtap tests bench demo
+	$(VENV)/bin/ruff format --check pymacvtap tests bench demo
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -42,7 +43,7 @@ unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/core
 
 demo: setup
-	$(VPY) -m pymacvtap.demo
+	$(VPY) demo/demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

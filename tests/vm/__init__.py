@@ -1,0 +1,1 @@
+"""Tiny real VMs (QEMU TCG, Debian kernel, busybox initramfs) for pymacvtap tests."""
