@@ -50,6 +50,7 @@ SYNOPSIS
                                       [spoofchk {on|off}] [macaddr {add|del|set|flush} [MAC...]]
     pymacvtap [OPTIONS] link del NAME
     pymacvtap [OPTIONS] monitor
+    pymacvtap [OPTIONS] exec NAME [queues N] -- COMMAND [ARG...]
     pymacvtap [OPTIONS] version
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
                      [--metrics ADDR:PORT]
@@ -79,6 +80,7 @@ COMMANDS
     link set       change an endpoint                        (pymacvtap link set --help)
     link del       remove an endpoint                        (pymacvtap link del --help)
     monitor        print events as they happen               (pymacvtap monitor --help)
+    exec           run a VM with the endpoint's tap queues   (pymacvtap exec --help)
     version        print this program's and the daemon's versions
     daemon         run the daemon                            (pymacvtap daemon --help)
 
@@ -271,6 +273,26 @@ EXAMPLES
     pymacvtap -j monitor | jq -c 'select(.event == "link.del")'
 """
 
+HELP_EXEC = """\
+pymacvtap exec - run a command (QEMU) with an endpoint's tap queues as open files
+
+SYNOPSIS
+    pymacvtap exec NAME [queues N] -- COMMAND [ARG...]
+
+DESCRIPTION
+    Asks the daemon for N fresh queue file descriptors of the tap behind macvtap endpoint
+    NAME (frontend tap), places them at fds 3, 4, ... and replaces itself with COMMAND,
+    which inherits them: what libvirt does for QEMU's `-netdev tap,fds=3:4`.  No root
+    and no access to /dev/net/tun is needed: the endpoint's owner and group, root and the
+    admin group may ask.  N defaults to the endpoint's `queues`.
+
+EXAMPLES
+    pymacvtap exec vm0 -- qemu-system-x86_64 -accel tcg ... \\
+        -netdev tap,id=n0,fd=3 -device virtio-net-pci,netdev=n0,mac=MAC
+    pymacvtap exec vm1 queues 2 -- qemu-system-x86_64 ... \\
+        -netdev tap,id=n0,fds=3:4 -device virtio-net-pci,netdev=n0,mq=on,vectors=6,mac=MAC
+"""
+
 HELP_DAEMON = """\
 pymacvtap daemon - run the daemon
 
@@ -357,7 +379,14 @@ class ShowVersion:
     ask_daemon: bool
 
 
-Parsed = Command | Help | Daemon | ShowVersion
+@dataclasses.dataclass
+class Exec:
+    name: str
+    queues: int | None
+    argv: list[str]
+
+
+Parsed = Command | Help | Daemon | ShowVersion | Exec
 
 _GLOBAL_FLAGS = {
     "-j": "json",
@@ -428,11 +457,71 @@ def parse(argv: Sequence[str]) -> tuple[Options, Parsed]:
         return opts, ShowVersion(ask_daemon=True)
     if name == "help":
         return opts, _help_for(rest)
-    if obj in ("capture", "exec"):
+    if obj == "exec":
+        return opts, _parse_exec(rest)
+    if obj == "capture":
         raise Failure(f"{obj}: not available in this version yet")
     _usage(
         "", f'unknown command "{obj}"{_suggest(obj, ("link", "monitor", "daemon", "version"))}', ""
     )
+
+
+def _parse_exec(words: list[str]) -> Parsed:
+    if not words or words[0] in _HELP_WORDS:
+        if words:
+            return Help(HELP_EXEC)
+        _usage("exec", "NAME is missing", "exec")
+    name, rest = words[0], words[1:]
+    queues: int | None = None
+    if rest and rest[0] == "queues":
+        if len(rest) < 2:
+            _usage(f"exec {name}", '"queues" needs a number', "exec")
+        queues = _int(f"exec {name}", "queues", rest[1], "exec")
+        if not 1 <= queues <= 256:
+            _usage(f"exec {name}", f"queues {queues}: must be 1..256", "exec")
+        rest = rest[2:]
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest:
+        _usage(f"exec {name}", "COMMAND is missing (pymacvtap exec NAME -- COMMAND ...)", "exec")
+    return Exec(name, queues, rest)
+
+
+def _run_exec(opts: Options, cmd: Exec) -> int:
+    target = f"exec {cmd.name}"
+    args: dict[str, Any] = {"name": cmd.name}
+    if cmd.queues is not None:
+        args["queues"] = cmd.queues
+    try:
+        client = Client(opts.socket, timeout=REQUEST_TIMEOUT)
+    except ClientError as exc:
+        raise Failure(str(exc)) from None
+    try:
+        _, fds = client.request_fds("attach", args)
+    except RemoteError as exc:
+        raise Failure(with_prefix(target, exc.message, cmd.name)) from None
+    except ClientError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        client.close()
+    # Move the queues to 3, 4, ... (inheritable), whatever numbers they arrived as.
+    # After closing the originals the copies are ascending and each is >= its
+    # target, so no dup2 below can overwrite a copy still to be moved.
+    moved = [os.dup(fd) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    moved.sort()
+    for i, fd in enumerate(moved):
+        if fd == 3 + i:
+            os.set_inheritable(fd, True)
+        else:
+            os.dup2(fd, 3 + i, inheritable=True)
+            os.close(fd)
+    sys.stdout.flush()
+    try:
+        os.execvp(cmd.argv[0], cmd.argv)
+    except OSError as exc:
+        raise Failure(f"{target}: {cmd.argv[0]}: {exc.strerror}") from None
 
 
 def _set_flag(opts: Options, flag: str) -> None:
@@ -1008,6 +1097,8 @@ def run(argv: Sequence[str], out: TextIO | None = None) -> int:
         return _version(opts, parsed.ask_daemon, out)
     if isinstance(parsed, Daemon):
         return _run_daemon(parsed)
+    if isinstance(parsed, Exec):
+        return _run_exec(opts, parsed)
     return _run_command(opts, parsed, out)
 
 

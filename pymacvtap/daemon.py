@@ -30,6 +30,7 @@ from typing import Any
 
 from pymacvtap import __version__
 from pymacvtap.config import ConfigError, EndpointConfig
+from pymacvtap.control.protocol import WithFds
 from pymacvtap.core.endpoint import Endpoint
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
@@ -37,7 +38,12 @@ from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.core.port import Port
 from pymacvtap.frontends.base import Frontend
+from pymacvtap.frontends.dgram import DgramFrontend
 from pymacvtap.frontends.netdev import NetdevFrontend
+from pymacvtap.frontends.stream import StreamFrontend
+from pymacvtap.frontends.unix import SOCKET_MODE
+from pymacvtap.frontends.vhost_user import VhostUserFrontend
+from pymacvtap.frontends.vmtap import VmTapFrontend
 from pymacvtap.io import netlink
 from pymacvtap.io.afpacket import FrameRejected, PacketLower
 from pymacvtap.io.loop import Loop
@@ -66,13 +72,14 @@ class LowerRuntime:
 
 
 class EndpointRuntime:
-    __slots__ = ("blocked", "cfg", "ep", "frontend")
+    __slots__ = ("blocked", "cfg", "ep", "fds", "frontend")
 
     def __init__(self, cfg: EndpointConfig, ep: Endpoint, frontend: Frontend) -> None:
         self.cfg = cfg
         self.ep = ep
         self.frontend = frontend
-        self.blocked = False
+        self.blocked: int | None = None  # the fd we wait on for writability, if any
+        self.fds: set[int] = set()  # fds registered as readers for this endpoint
 
 
 class Daemon:
@@ -97,8 +104,6 @@ class Daemon:
         where = f"link add {cfg.name}"
         if cfg.name in self.endpoints:
             raise EngineError("EEXIST", f"{where}: an endpoint of that name exists")
-        if cfg.type == "macvtap" or cfg.frontend != "tap":
-            raise ConfigError(f"{where}: type macvtap endpoints are not available yet", "ENOTSUP")
         if cfg.netns is not None and not netns_exists(cfg.netns):
             raise ConfigError(f"{where}: netns {cfg.netns}: no such network namespace", "ENOENT")
         undo: list[Callable[[], object]] = []
@@ -126,18 +131,18 @@ class Daemon:
             if cfg.macaddrs:
                 self.engine.macaddr(cfg.name, "set", [parse_mac(m) for m in cfg.macaddrs])
             try:
-                frontend = NetdevFrontend.create(
-                    cfg.netdev_name, cfg.netns, ep.mac, ep.mtu, reattach=restoring
-                )
+                frontend = self._make_frontend(cfg, ep, restoring)
             except FileExistsError as exc:
                 raise ConfigError(f"{where}: {exc}", "EEXIST") from None
             except OSError as exc:
+                what = cfg.socket_path or f"netdev {cfg.netdev_name}"
                 raise ConfigError(
-                    f"{where}: cannot create netdev {cfg.netdev_name}: {exc.strerror or exc}",
+                    f"{where}: cannot create {what}: {exc.strerror or exc}",
                     errno.errorcode.get(exc.errno or 0, "EIO"),
                 ) from None
-            undo.append(lambda: frontend.close(delete=not restoring))
-            self._ensure_watcher(cfg.netns)
+            undo.append(lambda: frontend.close(delete=not restoring or cfg.frontend != "tap"))
+            if cfg.frontend == "tap":
+                self._ensure_watcher(cfg.netns)
             rt = EndpointRuntime(cfg, ep, frontend)
             self.endpoints[cfg.name] = rt
             undo.append(lambda: self.endpoints.pop(cfg.name, None))
@@ -153,8 +158,7 @@ class Daemon:
                 except Exception:  # pragma: no cover - best effort rollback
                     log.exception("%s: rollback step failed", where)
             raise
-        for fd in frontend.readable_fds():
-            self.loop.add_reader(fd, self._reader(rt, fd))
+        self._sync_fds(rt)
         self._emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
         return self._show(rt, stats=False)
 
@@ -173,7 +177,8 @@ class Daemon:
             if "mtu" in changes:
                 mtu = int(changes["mtu"])
                 self.engine.set_mtu(name, mtu)
-                netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
+                if cfg.frontend == "tap":
+                    netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
                 cfg.mtu = mtu
             if "spoofchk" in changes:
                 self.engine.set_spoofchk(name, bool(changes["spoofchk"]))
@@ -185,7 +190,10 @@ class Daemon:
                 cfg.macaddrs = sorted(format_mac(m) for m in ep.source_macs)
             if "up" in changes:
                 up = bool(changes["up"])
-                netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
+                if cfg.type == "macvlan":
+                    # The container's netdev is the endpoint; a VM port's tap stays
+                    # up so the daemon can reach it, only forwarding stops.
+                    netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
                 self._set_up(rt, up)
         except EngineError as exc:
             raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
@@ -218,6 +226,34 @@ class Daemon:
 
         return unsubscribe
 
+    def attach(self, name: str, queues: int | None) -> WithFds:
+        """Fresh queue fds of a macvtap endpoint's tap, for its VM (helper, exec)."""
+        where = f"attach {name}"
+        rt = self._endpoint(name, where)
+        cfg = rt.cfg
+        frontend = rt.frontend
+        if not isinstance(frontend, VmTapFrontend):
+            raise ConfigError(
+                f"{where}: only macvtap endpoints with frontend tap have queues to hand out "
+                f"(this one is {cfg.type}, frontend {cfg.frontend})",
+                "EOPNOTSUPP",
+            )
+        count = cfg.queues if queues is None else queues
+        if count > cfg.queues:
+            raise ConfigError(
+                f"{where}: queues {count}: the endpoint was created with queues {cfg.queues}"
+            )
+        try:
+            fds = frontend.open_queue_fds(count, cfg.owner, cfg.group)
+        except OSError as exc:
+            hint = " (is a VM attached already?)" if exc.errno == errno.EBUSY else ""
+            raise ConfigError(
+                f"{where}: tap {cfg.netdev_name}: {exc.strerror}{hint}",
+                errno.errorcode.get(exc.errno or 0, "EIO"),
+            ) from None
+        self._emit({"event": "attach", "ifname": name, "queues": count})
+        return WithFds({"name": name, "queues": count}, fds)
+
     # -- restore ---------------------------------------------------------------------
 
     def restore(self) -> None:
@@ -233,6 +269,58 @@ class Daemon:
                 log.warning("restore %s: %s; endpoint removed", cfg.name, exc)
         self._save("restore")
         log.info("restored %d of %d endpoint(s)", len(self.endpoints), len(configs))
+
+    # -- frontends ---------------------------------------------------------------------
+
+    def _make_frontend(self, cfg: EndpointConfig, ep: Endpoint, restoring: bool) -> Frontend:
+        if cfg.type == "macvlan":
+            return NetdevFrontend.create(
+                cfg.netdev_name, cfg.netns, ep.mac, ep.mtu, reattach=restoring
+            )
+        if cfg.frontend == "tap":
+            return VmTapFrontend.create(
+                cfg.netdev_name,
+                cfg.netns,
+                ep.mac,
+                ep.mtu,
+                queues=cfg.queues,
+                owner=cfg.owner,
+                group=cfg.group,
+                reattach=restoring,
+            )
+        path = cfg.socket_path
+        assert path is not None
+        if not restoring and os.path.exists(path):
+            raise FileExistsError(f"{path} exists already")
+        name = cfg.name
+        if cfg.frontend == "stream":
+            return StreamFrontend(path, cfg.owner, cfg.group, lambda: self._fds_changed(name))
+        if cfg.frontend == "dgram":
+            return DgramFrontend(path, cfg.owner, cfg.group, cfg.peer)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        vhost = VhostUserFrontend.create(path, cfg.queues)
+        try:
+            os.chown(path, cfg.owner or 0, cfg.group or 0)
+            os.chmod(path, SOCKET_MODE)
+        except OSError:
+            vhost.close(delete=True)
+            raise
+        vhost.on_fds_changed = lambda: self._fds_changed(name)
+        return vhost
+
+    def _fds_changed(self, name: str) -> None:
+        rt = self.endpoints.get(name)
+        if rt is not None:
+            self._sync_fds(rt)
+
+    def _sync_fds(self, rt: EndpointRuntime) -> None:
+        """Register the frontend's current fds with the loop (they change as VMs come and go)."""
+        wanted = set(rt.frontend.readable_fds())
+        for fd in rt.fds - wanted:
+            self.loop.remove_reader(fd)
+        for fd in wanted - rt.fds:
+            self.loop.add_reader(fd, self._reader(rt, fd))
+        rt.fds = wanted
 
     # -- the data path ---------------------------------------------------------------
 
@@ -274,11 +362,11 @@ class Daemon:
                 port.ready.clear()
                 for ep in ready:
                     rt = self.endpoints.get(ep.name)
-                    if rt is None or rt.blocked:
+                    if rt is None or rt.blocked is not None:
                         continue
                     fd = rt.frontend.write(ep.rx_queue)
                     if fd is not None:
-                        rt.blocked = True
+                        rt.blocked = fd
                         self.loop.add_writer(fd, self._unblock_endpoint(rt, fd))
                     elif ep.rx_queue:
                         port.ready[ep] = None
@@ -309,7 +397,7 @@ class Daemon:
     def _unblock_endpoint(self, rt: EndpointRuntime, fd: int) -> Callable[[], None]:
         def writable() -> None:
             self.loop.remove_writer(fd)
-            rt.blocked = False
+            rt.blocked = None
             port = rt.ep.port
             if port is not None and rt.ep.rx_queue:
                 port.ready[rt.ep] = None
@@ -413,19 +501,34 @@ class Daemon:
         rt.cfg.address = format_mac(mac)
 
     def _follow_netdev(self, rt: EndpointRuntime, *, initial: bool, restoring: bool) -> None:
-        """Bring the engine in line with the netdev (admin state, MTU, groups)."""
+        """Bring the engine in line with the endpoint (admin state, multicast groups).
+
+        A container's netdev *is* the endpoint: its admin state is the truth,
+        whoever set it.  A VM port's up/down is the daemon's own setting (a VM
+        cannot raise its port); its tap stays up so frames can reach the VM.
+        """
         cfg = rt.cfg
-        if initial and not restoring:
-            want_up = cfg.starts_up
-            if want_up:
-                netlink.set_link(cfg.netdev_name, cfg.netns, up=True)
-            self._set_up(rt, want_up)
-        else:
-            info = netlink.link_info(cfg.netdev_name, cfg.netns)
-            self._set_up(rt, info.up)
+        if cfg.type == "macvlan":
+            if initial and not restoring:
+                want_up = cfg.starts_up
+                if want_up:
+                    netlink.set_link(cfg.netdev_name, cfg.netns, up=True)
+                self._set_up(rt, want_up)
+            else:
+                info = netlink.link_info(cfg.netdev_name, cfg.netns)
+                self._set_up(rt, info.up)
+        elif initial:
+            self._set_up(rt, cfg.starts_up)
         self._sync_groups(rt)
 
     def _sync_groups(self, rt: EndpointRuntime) -> None:
+        """The exact multicast filter: the groups joined on the endpoint's netdev.
+
+        Socket frontends have no netdev and so no joined groups: like a kernel
+        macvtap whose guest cannot change its filter, they get broadcast only.
+        """
+        if rt.cfg.frontend != "tap":
+            return
         try:
             groups = netlink.multicast_groups(rt.cfg.netdev_name, rt.cfg.netns)
         except (OSError, netlink.LinkNotFound):
@@ -440,7 +543,7 @@ class Daemon:
             self._save(f"netdev {cfg.netdev_name} deleted")
             return
         changed = False
-        if ev.up is not None and ev.up != rt.ep.up:
+        if cfg.type == "macvlan" and ev.up is not None and ev.up != rt.ep.up:
             self._set_up(rt, ev.up)
             self._sync_groups(rt)
             changed = True
@@ -470,10 +573,9 @@ class Daemon:
 
     def _remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
         cfg = rt.cfg
-        for fd in rt.frontend.readable_fds():
-            self.loop.forget(fd)
+        self._forget_fds(rt)
         try:
-            rt.frontend.close(delete=delete_netdev)
+            rt.frontend.close(delete=delete_netdev or cfg.frontend != "tap")
         except OSError as exc:
             log.warning("%s: closing the frontend: %s", cfg.name, exc)
         lower = self.lowers.get(cfg.link)
@@ -487,6 +589,14 @@ class Daemon:
                 self._release_lower(cfg.link)
         log.info("%s: removed: %s", cfg.name, reason)
         self._emit({"event": "link.del", "ifname": cfg.name, "reason": reason})
+
+    def _forget_fds(self, rt: EndpointRuntime) -> None:
+        for fd in rt.fds:
+            self.loop.forget(fd)
+        rt.fds = set()
+        if rt.blocked is not None:
+            self.loop.forget(rt.blocked)
+            rt.blocked = None
 
     # -- netlink watching and polling ---------------------------------------------
 
@@ -569,6 +679,9 @@ class Daemon:
             counters["rx"]["dropped"] += rt.frontend.dropped
             counters["tx"]["errors"] += rt.frontend.errors
             entry["stats64"] = counters
+            queue_stats = getattr(rt.frontend, "queue_stats", None)
+            if queue_stats is not None:
+                entry["queue_stats"] = queue_stats()
         return entry
 
     def _save(self, where: str) -> None:
@@ -589,8 +702,7 @@ class Daemon:
     def close(self) -> None:
         """Stop without deleting anything: persistent netdevs stay for the next start."""
         for rt in list(self.endpoints.values()):
-            for fd in rt.frontend.readable_fds():
-                self.loop.forget(fd)
+            self._forget_fds(rt)
             rt.frontend.close(delete=False)
         for name in list(self.lowers):
             self._release_lower(name)

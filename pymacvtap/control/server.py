@@ -79,6 +79,8 @@ class Service(Protocol):
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]: ...
 
+    def attach(self, name: str, queues: int | None) -> WithFds: ...
+
 
 class _Chunk:
     __slots__ = ("data", "fds")
@@ -298,7 +300,7 @@ class ControlServer:
         raw_name = args.get("name")
         name = raw_name if isinstance(raw_name, str) else None
         admin = auth.is_admin(caller, self.admin_gid)
-        if verb not in ("version", "link.show"):
+        if verb not in ("version", "link.show", "attach"):
             # Refuse before looking at the arguments: strangers learn nothing more.
             auth.authorize(
                 caller, verb, None, None, self.admin_gid, name=name, admin_group=self.admin_group
@@ -329,6 +331,22 @@ class ControlServer:
                     admin_group=self.admin_group,
                 )
             return self.service.link_show(name, stats)
+        if verb == "attach":
+            # Queue fds of the endpoint's VM port: for its owner/group (and admins).
+            assert name is not None
+            if not admin:
+                owner, group = self.service.endpoint_access(name)
+                auth.authorize(
+                    caller,
+                    verb,
+                    owner,
+                    group,
+                    self.admin_gid,
+                    name=name,
+                    admin_group=self.admin_group,
+                )
+            queues = args.get("queues")
+            return self.service.attach(name, int(queues) if queues is not None else None)
         assert name is not None or verb == "monitor"
         if verb == "link.add":
             return self.service.link_add(EndpointConfig.from_dict(dict(args)))

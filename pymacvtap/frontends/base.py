@@ -23,8 +23,11 @@ class Frontend(Protocol):
     The daemon adds them to the endpoint's rx_dropped and tx_errors.
     """
 
-    dropped: int
-    errors: int
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def errors(self) -> int: ...
 
     def readable_fds(self) -> list[int]: ...
 

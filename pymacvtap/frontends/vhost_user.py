@@ -184,7 +184,7 @@ class VhostUserFrontend:
         self._retired: list[int] = []
         self._fds_dirty = False
         # Counters that outlive sessions.
-        self.errors: dict[str, int] = {}
+        self.error_counts: dict[str, int] = {}
         self.sessions = 0
         self.messages = 0  # control messages handled
         self.rx_dropped = 0  # frames for a guest that could not receive at all
@@ -289,7 +289,7 @@ class VhostUserFrontend:
                 _close_fd(fd)
 
     def _error(self, kind: str, message: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
         if kind not in self._logged:
             self._logged.add(kind)
             log.warning("vhost-user %s: %s", self.path, message)
@@ -306,6 +306,16 @@ class VhostUserFrontend:
             fds.append(self._conn.fileno())
             fds.extend(fd for fd in self._kick if fd >= 0)
         return fds
+
+    @property
+    def errors(self) -> int:
+        """Faults of the driver (bad messages, broken rings), all kinds together."""
+        return sum(self.error_counts.values())
+
+    @property
+    def dropped(self) -> int:
+        """Frames for the guest that it could not take (see ``rx_dropped``)."""
+        return self.rx_dropped
 
     @property
     def blocked_fd(self) -> int:

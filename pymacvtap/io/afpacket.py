@@ -43,6 +43,8 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_DROP_MEMBERSHIP = 2
 PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
+PACKET_FANOUT = 18
+PACKET_FANOUT_QM = 5  # spread by the receive queue the frame was recorded on
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_MULTICAST = 0
@@ -163,6 +165,16 @@ class PacketLower:
         res = fcntl.ioctl(self._sock.fileno(), SIOCGIFMTU, req)
         mtu: int = _IFREQ_MTU.unpack(res)[1]
         return mtu
+
+    def join_fanout(self, group_id: int, mode: int = PACKET_FANOUT_QM) -> None:
+        """Share the interface's frames with the other sockets of fanout group ``group_id``.
+
+        With ``PACKET_FANOUT_QM`` socket *i* of the group gets the frames that
+        arrived on receive queue *i*: on a multi-queue tap, the frames the VM
+        wrote to its queue *i*, which is how per-queue counters are kept
+        without holding one of the VM's queues.
+        """
+        self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (group_id & 0xFFFF) | (mode << 16))
 
     def fileno(self) -> int:
         return self._sock.fileno()

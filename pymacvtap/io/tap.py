@@ -195,6 +195,12 @@ class Tap:
     def filenos(self) -> list[int]:
         return list(self._fds)
 
+    def detach_fds(self) -> list[int]:
+        """Give up the queue fds to the caller (to pass to a VM); this object is closed."""
+        fds, self._fds = self._fds, []
+        self.close()
+        return fds
+
     def close(self) -> None:
         """Close every queue fd (a persistent tap stays, a non-persistent one goes)."""
         fds, self._fds = self._fds, []

@@ -66,7 +66,7 @@ def test_negotiation_replies(make_backend: Make) -> None:
     assert fe.call_ack(999) != 0
     assert fe.call_ack(vu.SET_VRING_NUM, struct.pack("=II", 0, 100)) != 0  # not a power of 2
     assert fe.call_ack(vu.SET_VRING_NUM, struct.pack("=II", 99, 64)) != 0  # no such queue
-    assert be.errors["unknown"] == 1
+    assert be.error_counts["unknown"] == 1
     fe.close()
 
 
@@ -268,7 +268,7 @@ def test_disconnect_and_reconnect(make_backend: Make) -> None:
     assert len(fe.pump()) == 1
     # a second front-end is refused while the first is connected
     fe2 = FrontEnd(be)
-    assert be.errors["busy"] == 1
+    assert be.error_counts["busy"] == 1
     fe2.sock.settimeout(1)
     assert fe2.sock.recv(10) == b""
     fe2.sock.close()

@@ -130,8 +130,8 @@ def test_random_message_stream(make_backend: Make) -> None:
         assert len(be._maps) <= vu.MAX_REGIONS
     fe.sock.close()
     fe.pump()
-    assert be.errors.get("internal", 0) == 0, be.errors
-    assert sum(be.errors.values()) > 1000
+    assert be.error_counts.get("internal", 0) == 0, be.error_counts
+    assert sum(be.error_counts.values()) > 1000
     assert sessions > 10
     assert not be.connected
     assert nfds() <= fd_base + 1
@@ -162,7 +162,7 @@ def test_handle_message_never_raises(
         fds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(nfd)]
         be.handle_message(req, flags, payload, fds)
         assert fds == []  # taken or closed
-    assert be.errors.get("internal", 0) == 0
+    assert be.error_counts.get("internal", 0) == 0
 
 
 # -- hostile guests -----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_descriptor_outside_memory(make_backend: Make) -> None:
     head = tx.send(ZERO12 + ETH)
     tx.set_desc(head, BASE + fe.mem.size - 10, 64, 0, 0)  # runs off the end
     assert fe.pump() == []
-    assert broken(be, 1) and be.queue_stats()[1]["errors"] == 1 and be.errors["ring"] == 1
+    assert broken(be, 1) and be.queue_stats()[1]["errors"] == 1 and be.error_counts["ring"] == 1
     # reconfiguring the ring repairs it (and the fixed chain is then read)
     addr = fe.mem.alloc(len(ETH) + 12)
     fe.mem.write(addr, ZERO12 + ETH)
@@ -222,7 +222,7 @@ def test_avail_index_jump_and_bad_head(make_backend: Make) -> None:
     q = deque([Frame(ETH)])
     assert be.write(q) is None
     assert broken(be, 0) and not q and be.rx_dropped == 1
-    assert be.errors.get("internal", 0) == 0
+    assert be.error_counts.get("internal", 0) == 0
     fe.close()
 
 
@@ -249,7 +249,7 @@ def test_huge_and_zero_lengths(make_backend: Make) -> None:
     assert fe.pump() == [] and broken(be, 1)
     fe.rings[0].add_chain([(big, 2048)], False)
     assert be.write(deque([Frame(ETH)])) is None and broken(be, 0)
-    assert be.errors.get("internal", 0) == 0
+    assert be.error_counts.get("internal", 0) == 0
     fe.close()
 
 
@@ -298,14 +298,14 @@ def test_bad_memory_tables(make_backend: Make) -> None:
     os.close(devnull)
     # region addresses near 2**64 must not wrap
     assert fe.call_ack(vu.SET_MEM_TABLE, table([((1 << 64) - 4096, 8192, 0, 0)]), [memfd]) != 0
-    assert be.errors["memory"] >= 6
+    assert be.error_counts["memory"] >= 6
     # the old table still works
     fe.rings[1].send(ZERO12 + ETH)
     assert [f.data for f in fe.pump()] == [ETH]
     # more fds than any message may carry: the session is reset
     fe.send(vu.SET_MEM_TABLE, table([good] * 9), [memfd] * 9)
     fe.pump()
-    assert not be.connected and be.errors["protocol"] == 1
+    assert not be.connected and be.error_counts["protocol"] == 1
     fe.close()
 
 
@@ -353,7 +353,7 @@ def test_random_ring_contents(
         q = deque([Frame(ETH), Frame(ETH * 20)])
         fd = be.write(q)
         assert fd is None or fd == be.blocked_fd
-    assert be.errors.get("internal", 0) == 0
+    assert be.error_counts.get("internal", 0) == 0
     # reset the ring for the next example: zero it and reconfigure it
     fe.mem.write(r.used, bytes(6 + 8 * r.num))
     fe.mem.write(r.avail, bytes(6 + 2 * r.num))
@@ -374,6 +374,6 @@ def test_notifier_fd_checks(make_backend: Make) -> None:
     assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 1), []) != 0
     assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 0x1FF), []) != 0  # queue 255
     os.close(e)
-    assert be.errors["fds"] >= 4
+    assert be.error_counts["fds"] >= 4
     assert bits(1) == 2
     fe.close()
