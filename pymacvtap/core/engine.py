@@ -22,7 +22,7 @@ from pymacvtap.core.mac import (
     format_mac,
     random_local_unicast,
 )
-from pymacvtap.core.modes import Mode
+from pymacvtap.core.modes import MODE_BY_NAME, Mode
 from pymacvtap.core.port import Port
 
 TYPE_CHECKING = False
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pymacvtap.core.stats import Disposition
 
 MIN_MTU = 68  # ETH_MIN_MTU
+_MODES = frozenset(MODE_BY_NAME.values())
 MAX_MTU = 65535  # ETH_MAX_MTU
 
 
@@ -66,6 +67,9 @@ class Engine:
         removed = list(port.endpoints.values())
         for ep in removed:
             self.remove_endpoint(ep.name)
+        # Floods still queued settle now (as "not ours": nobody is left to get
+        # them), so no frame is left without a disposition.
+        port.process_broadcasts(len(port.bc_queue))
         del self.ports[name]
         return removed
 
@@ -111,6 +115,7 @@ class Engine:
     ) -> Endpoint:
         if not name:
             raise EngineError("EINVAL", "endpoint name must not be empty")
+        _check_mode(name, mode)
         if name in self.endpoints:
             raise EngineError("EEXIST", f"{name}: an endpoint of that name exists")
         port = self.port(lower)
@@ -227,6 +232,7 @@ class Engine:
 
     def set_mode(self, name: str, mode: Mode) -> None:
         ep = self.endpoint(name)
+        _check_mode(name, mode)
         if mode is ep.mode:
             return
         if Mode.PASSTHRU in (mode, ep.mode):
@@ -294,7 +300,7 @@ class Engine:
             try:
                 check_unicast(mac)
             except MacError as exc:
-                raise EngineError("EINVAL", f"{name}: {exc}") from None
+                raise EngineError("EADDRNOTAVAIL", f"{name}: {exc}") from None
         if op == "add":
             self._set_sources(ep, ep.source_macs | set(macs))
         elif op == "del":
@@ -398,3 +404,9 @@ class Engine:
         for mac in macs - ep.source_macs:
             port.sources.setdefault(mac, []).append(ep)
         ep.source_macs = macs
+
+
+def _check_mode(name: str, mode: Mode) -> None:
+    """Exactly one of the five modes: a combination is a mask, not a mode (EINVAL)."""
+    if mode not in _MODES:
+        raise EngineError("EINVAL", f"{name}: mode {int(mode)}: not one of the five modes")

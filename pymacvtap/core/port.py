@@ -181,7 +181,9 @@ class Port:
                 # from the switch: it goes to the sender alone, never to siblings.
                 self._offer(src, frame, False, d)
                 return self._settle(d)
-            if not self.accepts_group(dst):
+            if not self.endpoints or not self.accepts_group(dst):
+                # No endpoint at all: the kernel has no macvlan port on this lower
+                # any more, so the frame is simply the host's.
                 return self._settle(d)
             if len(self.bc_queue) >= self.bcqueuelen:
                 self._count_lower_drop(DropReason.BCQUEUE_FULL)

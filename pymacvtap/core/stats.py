@@ -31,17 +31,19 @@ class DropReason(enum.Enum):
     sender for ``tx_*``, the receiver for ``rx_*``).
     """
 
-    RUNT_FROM_LOWER = ("lower", "rx_errors")
-    OVERSIZE_FROM_LOWER = ("lower", "rx_errors")
-    BCQUEUE_FULL = ("lower", "rx_dropped")
-    PASSTHRU_DOWN = ("lower", "rx_dropped")
-    RUNT_FROM_ENDPOINT = ("endpoint", "tx_errors")
-    OVERSIZE_FROM_ENDPOINT = ("endpoint", "tx_errors")
-    ENDPOINT_DOWN = ("endpoint", "tx_dropped")
-    LOWER_DOWN = ("endpoint", "tx_dropped")
-    SPOOFED = ("endpoint", "tx_dropped")
-    WIRE_QUEUE_FULL = ("endpoint", "tx_dropped")
-    RX_QUEUE_FULL = ("endpoint", "rx_dropped")
+    # The third element is the reason's own name: without it, reasons charging
+    # the same counter would be one enum member under several names.
+    RUNT_FROM_LOWER = ("lower", "rx_errors", "runt_from_lower")
+    OVERSIZE_FROM_LOWER = ("lower", "rx_errors", "oversize_from_lower")
+    BCQUEUE_FULL = ("lower", "rx_dropped", "bcqueue_full")
+    PASSTHRU_DOWN = ("lower", "rx_dropped", "passthru_down")
+    RUNT_FROM_ENDPOINT = ("endpoint", "tx_errors", "runt_from_endpoint")
+    OVERSIZE_FROM_ENDPOINT = ("endpoint", "tx_errors", "oversize_from_endpoint")
+    ENDPOINT_DOWN = ("endpoint", "tx_dropped", "endpoint_down")
+    LOWER_DOWN = ("endpoint", "tx_dropped", "lower_down")
+    SPOOFED = ("endpoint", "tx_dropped", "spoofed")
+    WIRE_QUEUE_FULL = ("endpoint", "tx_dropped", "wire_queue_full")
+    RX_QUEUE_FULL = ("endpoint", "rx_dropped", "rx_queue_full")
 
     @property
     def counter(self) -> str:
