@@ -12,6 +12,7 @@ naming the bad word).
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import difflib
 import grp
@@ -19,9 +20,11 @@ import importlib
 import json
 import os
 import pwd
+import struct
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from pymacvtap import __version__
 from pymacvtap.config import FRONTENDS, TYPES
@@ -51,6 +54,7 @@ SYNOPSIS
     pymacvtap [OPTIONS] link del NAME
     pymacvtap [OPTIONS] monitor
     pymacvtap [OPTIONS] exec NAME [queues N] -- COMMAND [ARG...]
+    pymacvtap [OPTIONS] capture NAME [-w FILE.pcap] [-c COUNT]
     pymacvtap [OPTIONS] version
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
                      [--metrics ADDR:PORT]
@@ -81,6 +85,7 @@ COMMANDS
     link del       remove an endpoint                        (pymacvtap link del --help)
     monitor        print events as they happen               (pymacvtap monitor --help)
     exec           run a VM with the endpoint's tap queues   (pymacvtap exec --help)
+    capture        record an endpoint's frames               (pymacvtap capture --help)
     version        print this program's and the daemon's versions
     daemon         run the daemon                            (pymacvtap daemon --help)
 
@@ -293,6 +298,30 @@ EXAMPLES
         -netdev tap,id=n0,fds=3:4 -device virtio-net-pci,netdev=n0,mq=on,vectors=6,mac=MAC
 """
 
+HELP_CAPTURE = """\
+pymacvtap capture - record the frames of one endpoint, both directions
+
+SYNOPSIS
+    pymacvtap capture NAME [-w FILE.pcap] [-c COUNT]
+
+DESCRIPTION
+    Streams every frame the endpoint sends ("tx", read from its user) and receives ("rx",
+    handed to its user) from the moment the daemon accepts the request.  Without -w, one
+    line per frame is printed; with -w the frames are written to FILE as a pcap file
+    (link type Ethernet) that tcpdump and Wireshark read; "-w -" writes it to standard
+    output.  Offloaded super-frames are recorded as the one large frame they are.
+    The endpoint's owner and group, root and the admin group may capture.  When nobody
+    captures, the daemon's data path does no capture work at all.
+
+OPTIONS
+    -w FILE     write a pcap file instead of printing a summary per frame
+    -c COUNT    stop after COUNT frames (default: until interrupted)
+
+EXAMPLES
+    pymacvtap capture vm0 -c 10
+    pymacvtap capture vm0 -w vm0.pcap -c 1000 && tcpdump -e -r vm0.pcap
+"""
+
 HELP_DAEMON = """\
 pymacvtap daemon - run the daemon
 
@@ -380,13 +409,20 @@ class ShowVersion:
 
 
 @dataclasses.dataclass
+class Capture:
+    name: str
+    write: str | None
+    count: int | None
+
+
+@dataclasses.dataclass
 class Exec:
     name: str
     queues: int | None
     argv: list[str]
 
 
-Parsed = Command | Help | Daemon | ShowVersion | Exec
+Parsed = Command | Help | Daemon | ShowVersion | Exec | Capture
 
 _GLOBAL_FLAGS = {
     "-j": "json",
@@ -460,7 +496,7 @@ def parse(argv: Sequence[str]) -> tuple[Options, Parsed]:
     if obj == "exec":
         return opts, _parse_exec(rest)
     if obj == "capture":
-        raise Failure(f"{obj}: not available in this version yet")
+        return opts, _parse_capture(rest)
     _usage(
         "", f'unknown command "{obj}"{_suggest(obj, ("link", "monitor", "daemon", "version"))}', ""
     )
@@ -485,6 +521,92 @@ def _parse_exec(words: list[str]) -> Parsed:
     if not rest:
         _usage(f"exec {name}", "COMMAND is missing (pymacvtap exec NAME -- COMMAND ...)", "exec")
     return Exec(name, queues, rest)
+
+
+def _parse_capture(words: list[str]) -> Parsed:
+    if not words or words[0] in _HELP_WORDS:
+        if words:
+            return Help(HELP_CAPTURE)
+        _usage("capture", "NAME is missing", "capture")
+    name, rest = words[0], words[1:]
+    write: str | None = None
+    count: int | None = None
+    where = f"capture {name}"
+    while rest:
+        word = rest.pop(0)
+        if word in ("-w", "-c") and not rest:
+            _usage(where, f'"{word}" needs a value', "capture")
+        if word == "-w":
+            write = rest.pop(0)
+        elif word == "-c":
+            count = _int(where, "-c", rest.pop(0), "capture")
+            if count < 1:
+                _usage(where, f"-c {count}: must be at least 1", "capture")
+        elif word in _HELP_WORDS:
+            return Help(HELP_CAPTURE)
+        else:
+            _usage(where, f'"{word}": unexpected word (-w FILE, -c COUNT)', "capture")
+    return Capture(name, write, count)
+
+
+_PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+
+
+def _run_capture(opts: Options, cmd: Capture, out: TextIO) -> int:
+    target = f"capture {cmd.name}"
+    sink: BinaryIO | None = None
+    if cmd.write == "-":
+        sink = sys.stdout.buffer
+    elif cmd.write is not None:
+        try:
+            sink = open(cmd.write, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise Failure(f"{target}: {cmd.write}: {exc.strerror}") from None
+    try:
+        client = Client(opts.socket)
+    except ClientError as exc:
+        raise Failure(str(exc)) from None
+    seen = 0
+    try:
+        if sink is not None:
+            sink.write(_PCAP_HEADER)
+            sink.flush()
+        for event in client.stream("capture", {"name": cmd.name}):
+            frame = event.get("capture")
+            if not isinstance(frame, dict):
+                continue
+            data = base64.b64decode(frame["data"])
+            stamp = float(frame["time"])
+            if sink is not None:
+                sec = int(stamp)
+                usec = int((stamp - sec) * 1_000_000)
+                sink.write(struct.pack("<IIII", sec, usec, len(data), len(data)) + data)
+                sink.flush()
+            else:
+                out.write(_capture_line(stamp, str(frame["dir"]), data) + "\n")
+                out.flush()
+            seen += 1
+            if cmd.count is not None and seen >= cmd.count:
+                break
+    except RemoteError as exc:
+        raise Failure(with_prefix(target, exc.message, cmd.name)) from None
+    except ClientError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        client.close()
+        if sink is not None and sink is not sys.stdout.buffer:
+            sink.close()
+    return 0
+
+
+def _capture_line(stamp: float, direction: str, data: bytes) -> str:
+    """One line per frame, in the spirit of ``tcpdump -e``."""
+    clock = time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1e6):06d}"
+    if len(data) < 14:
+        return f"{clock} {direction} runt, length {len(data)}"
+    dst, src = data[0:6].hex(":"), data[6:12].hex(":")
+    ethertype = int.from_bytes(data[12:14], "big")
+    return f"{clock} {direction} {src} > {dst}, ethertype 0x{ethertype:04x}, length {len(data)}"
 
 
 def _run_exec(opts: Options, cmd: Exec) -> int:
@@ -544,6 +666,10 @@ def _help_for(words: list[str]) -> Help:
         return Help(_fill(HELP_TOP))
     if words[0] == "daemon":
         return Help(_fill(HELP_DAEMON))
+    if words[0] == "exec":
+        return Help(HELP_EXEC)
+    if words[0] == "capture":
+        return Help(HELP_CAPTURE)
     if _match(words[0], ("monitor",)):
         return Help(HELP_MONITOR)
     if _match(words[0], ("link",)):
@@ -1099,6 +1225,8 @@ def run(argv: Sequence[str], out: TextIO | None = None) -> int:
         return _run_daemon(parsed)
     if isinstance(parsed, Exec):
         return _run_exec(opts, parsed)
+    if isinstance(parsed, Capture):
+        return _run_capture(opts, parsed, out)
     return _run_command(opts, parsed, out)
 
 
@@ -1124,4 +1252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_monitor(args: Sequence[str]) -> bool:
-    return any(_match(a, ("monitor",)) == "monitor" for a in args if not a.startswith("-"))
+    """monitor and capture run until interrupted: Ctrl-C is their normal end."""
+    words = [a for a in args if not a.startswith("-")]
+    return any(_match(a, ("monitor",)) == "monitor" or a == "capture" for a in words[:1])

@@ -17,6 +17,7 @@ saved state together, undoing what it did when a step fails.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
 import grp
@@ -24,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,7 @@ from pymacvtap.control.protocol import WithFds
 from pymacvtap.core.endpoint import Endpoint
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
+from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.core.port import Port
@@ -46,6 +49,7 @@ from pymacvtap.frontends.vhost_user import VhostUserFrontend
 from pymacvtap.frontends.vmtap import VmTapFrontend
 from pymacvtap.io import netlink
 from pymacvtap.io.afpacket import FrameRejected, PacketLower
+from pymacvtap.io.caps import DAEMON_CAPABILITIES, drop_capabilities
 from pymacvtap.io.loop import Loop
 from pymacvtap.io.netns import netns_exists
 from pymacvtap.state import StateError, StateStore
@@ -72,7 +76,7 @@ class LowerRuntime:
 
 
 class EndpointRuntime:
-    __slots__ = ("blocked", "cfg", "ep", "fds", "frontend")
+    __slots__ = ("blocked", "captures", "cfg", "ep", "fds", "frontend")
 
     def __init__(self, cfg: EndpointConfig, ep: Endpoint, frontend: Frontend) -> None:
         self.cfg = cfg
@@ -80,6 +84,9 @@ class EndpointRuntime:
         self.frontend = frontend
         self.blocked: int | None = None  # the fd we wait on for writability, if any
         self.fds: set[int] = set()  # fds registered as readers for this endpoint
+        # `pymacvtap capture` sessions; None (not []) when there are none, so the
+        # data path pays one attribute test per batch and nothing per frame.
+        self.captures: list[Callable[[str, Frame], None]] | None = None
 
 
 class Daemon:
@@ -254,6 +261,41 @@ class Daemon:
         self._emit({"event": "attach", "ifname": name, "queues": count})
         return WithFds({"name": name, "queues": count}, fds)
 
+    def capture(self, name: str, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Stream the endpoint's frames, both directions, as events until unsubscribed.
+
+        ``rx`` frames are those handed to the frontend (what the endpoint's user
+        receives), ``tx`` those read from it (what it sent), as the user sees them.
+        """
+        rt = self._endpoint(name, f"capture {name}")
+
+        def on_frame(direction: str, frame: Frame) -> None:
+            callback(
+                {
+                    "capture": {
+                        "time": time.time(),
+                        "dir": direction,
+                        "len": len(frame.data),
+                        "data": base64.b64encode(frame.data).decode(),
+                    }
+                }
+            )
+
+        rt.captures = [*(rt.captures or []), on_frame]
+
+        def unsubscribe() -> None:
+            if rt.captures is not None and on_frame in rt.captures:
+                rest = [c for c in rt.captures if c is not on_frame]
+                rt.captures = rest or None
+
+        return unsubscribe
+
+    @staticmethod
+    def _captured(rt: EndpointRuntime, direction: str, frames: list[Frame]) -> None:
+        for capture in rt.captures or ():
+            for frame in frames:
+                capture(direction, frame)
+
     # -- restore ---------------------------------------------------------------------
 
     def restore(self) -> None:
@@ -333,7 +375,10 @@ class Daemon:
             if port is None:
                 return
             from_endpoint = port.from_endpoint
-            for frame in frontend.read(fd, RX_BATCH):
+            frames = frontend.read(fd, RX_BATCH)
+            if rt.captures is not None:
+                self._captured(rt, "tx", frames)
+            for frame in frames:
                 from_endpoint(ep, frame)
 
         return on_readable
@@ -364,7 +409,12 @@ class Daemon:
                     rt = self.endpoints.get(ep.name)
                     if rt is None or rt.blocked is not None:
                         continue
-                    fd = rt.frontend.write(ep.rx_queue)
+                    if rt.captures is not None:
+                        pending = list(ep.rx_queue)
+                        fd = rt.frontend.write(ep.rx_queue)
+                        self._captured(rt, "rx", pending[: len(pending) - len(ep.rx_queue)])
+                    else:
+                        fd = rt.frontend.write(ep.rx_queue)
                     if fd is not None:
                         rt.blocked = fd
                         self.loop.add_writer(fd, self._unblock_endpoint(rt, fd))
@@ -757,6 +807,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"pymacvtap: daemon: {socket_path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     daemon.restore()
+    drop_capabilities(DAEMON_CAPABILITIES)  # SPEC 6; the list is argued in SECURITY.md
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
     log.info("pymacvtap %s ready on %s", __version__, socket_path)

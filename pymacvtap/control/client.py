@@ -97,7 +97,11 @@ class Client:
 
     def monitor(self) -> Iterator[dict[str, Any]]:
         """Subscribe to the daemon's events; yields each until the connection closes."""
-        self.request("monitor")
+        return self.stream("monitor")
+
+    def stream(self, verb: str, args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """A streaming verb (monitor, capture): yields its events until the connection closes."""
+        self.request(verb, args)
         self._monitoring = True
         self.sock.settimeout(None)
         while True:

@@ -30,7 +30,16 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 64 * 1024  # bytes in one line, without its newline
 
-VERBS = ("link.add", "link.set", "link.del", "link.show", "attach", "monitor", "version")
+VERBS = (
+    "link.add",
+    "link.set",
+    "link.del",
+    "link.show",
+    "attach",
+    "capture",
+    "monitor",
+    "version",
+)
 MACADDR_OPS = ("add", "del", "set", "flush")
 # link set attributes and the JSON type each takes
 SET_KEYS: dict[str, type] = {
@@ -393,6 +402,9 @@ def check_args(verb: str, args: dict[str, Any]) -> None:
         _req_name(args, required=False)
         if not isinstance(args.get("stats", False), bool):
             raise ProtocolError('"stats" must be a boolean', "EINVAL")
+    elif verb == "capture":
+        _only(verb, args, {"name"})
+        _req_name(args, required=True)
     elif verb == "attach":
         _only(verb, args, {"name", "queues"})
         _req_name(args, required=True)

@@ -81,6 +81,10 @@ class Service(Protocol):
 
     def attach(self, name: str, queues: int | None) -> WithFds: ...
 
+    def capture(
+        self, name: str, callback: Callable[[dict[str, Any]], None]
+    ) -> Callable[[], None]: ...
+
 
 class _Chunk:
     __slots__ = ("data", "fds")
@@ -300,7 +304,7 @@ class ControlServer:
         raw_name = args.get("name")
         name = raw_name if isinstance(raw_name, str) else None
         admin = auth.is_admin(caller, self.admin_gid)
-        if verb not in ("version", "link.show", "attach"):
+        if verb not in ("version", "link.show", "attach", "capture"):
             # Refuse before looking at the arguments: strangers learn nothing more.
             auth.authorize(
                 caller, verb, None, None, self.admin_gid, name=name, admin_group=self.admin_group
@@ -331,8 +335,8 @@ class ControlServer:
                     admin_group=self.admin_group,
                 )
             return self.service.link_show(name, stats)
-        if verb == "attach":
-            # Queue fds of the endpoint's VM port: for its owner/group (and admins).
+        if verb in ("attach", "capture"):
+            # The endpoint's VM port or its frames: for its owner/group (and admins).
             assert name is not None
             if not admin:
                 owner, group = self.service.endpoint_access(name)
@@ -344,6 +348,10 @@ class ControlServer:
                     self.admin_gid,
                     name=name,
                     admin_group=self.admin_group,
+                )
+            if verb == "capture":
+                return self._subscribe(
+                    conn, req, lambda cb: self.service.capture(name, cb), "capturing"
                 )
             queues = args.get("queues")
             return self.service.attach(name, int(queues) if queues is not None else None)
@@ -357,11 +365,21 @@ class ControlServer:
             assert name is not None
             self.service.link_del(name)
             return None
-        # monitor: the ok reply first, then one event line per event until the client goes.
+        return self._subscribe(conn, req, self.service.subscribe, "monitoring")
+
+    def _subscribe(
+        self,
+        conn: _Conn,
+        req: Request,
+        subscribe: Callable[[Callable[[dict[str, Any]], None]], Callable[[], None]],
+        what: str,
+    ) -> object:
+        """monitor, capture: the ok reply, then one event line per event until the client goes."""
         if conn.unsubscribe is not None:
-            raise ProtocolError("this connection is already monitoring", "EBUSY")
+            raise ProtocolError(f"this connection is already {what}", "EBUSY")
+        unsubscribe = subscribe(lambda event: self._send_event(conn, event))
         self._send(conn, encode_ok(req.id, {}))
-        conn.unsubscribe = self.service.subscribe(lambda event: self._send_event(conn, event))
+        conn.unsubscribe = unsubscribe
         return _NO_REPLY
 
     def _send_event(self, conn: _Conn, event: dict[str, Any]) -> None:
