@@ -1254,4 +1254,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _is_monitor(args: Sequence[str]) -> bool:
     """monitor and capture run until interrupted: Ctrl-C is their normal end."""
     words = [a for a in args if not a.startswith("-")]
-    return any(_match(a, ("monitor",)) == "monitor" or a == "capture" for a in words[:1])
+    return any(_match(a, ("monitor",)) == "monitor" or a == "capture" for a in words)
