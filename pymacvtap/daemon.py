@@ -360,6 +360,11 @@ class Daemon:
         wanted = set(rt.frontend.readable_fds())
         for fd in rt.fds - wanted:
             self.loop.remove_reader(fd)
+        if rt.blocked is not None and rt.blocked not in wanted:
+            # The peer we waited on to drain is gone (a VM disconnected while
+            # full): stop waiting, or the endpoint would never be written again.
+            self.loop.remove_writer(rt.blocked)
+            rt.blocked = None
         for fd in wanted - rt.fds:
             self.loop.add_reader(fd, self._reader(rt, fd))
         rt.fds = wanted
@@ -580,10 +585,13 @@ class Daemon:
         if rt.cfg.frontend != "tap":
             return
         try:
+            info = netlink.link_info(rt.cfg.netdev_name, rt.cfg.netns)
             groups = netlink.multicast_groups(rt.cfg.netdev_name, rt.cfg.netns)
         except (OSError, netlink.LinkNotFound):
             return
         self.engine.set_groups(rt.cfg.name, groups)
+        # macvlan_compute_filter: a promiscuous or allmulti device takes every group.
+        self.engine.set_allmulti(rt.cfg.name, info.allmulti or info.promisc)
 
     def _netdev_event(self, rt: EndpointRuntime, ev: netlink.LinkEvent) -> None:
         """Follow `ip link set` done directly on the endpoint's netdev."""
@@ -729,6 +737,8 @@ class Daemon:
             counters["rx"]["dropped"] += rt.frontend.dropped
             counters["tx"]["errors"] += rt.frontend.errors
             entry["stats64"] = counters
+            if port is not None:  # SPEC 2.2: the lower's counters, broadcast-queue drops included
+                entry["lower_stats"] = port.stats.as_dict()
             queue_stats = getattr(rt.frontend, "queue_stats", None)
             if queue_stats is not None:
                 entry["queue_stats"] = queue_stats()

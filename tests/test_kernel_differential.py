@@ -464,12 +464,17 @@ def run_kernel(k: KernelLab, sc: Scenario, spacers: int) -> tuple[list[Seen], di
             lab.add_macvlan(f"pad{i}", "low0", "vepa", up=False)
             created.append(f"pad{i}")
         for ep in sc.endpoints:
-            groups = tuple(ADDRESSES[g] for g in ep.groups)
             lab.add_macvlan(
                 ep.name, ep.lower, ep.mode, mac=ENDPOINT_MACS[ep.name], up=False,
-                groups=groups, allmulti=ep.allmulti,
+                allmulti=ep.allmulti,
             )  # fmt: skip
             created.append(ep.name)
+            # One `ip maddr add` per group: iproute2 6.1 applies only the first of
+            # several `maddr add` lines in one `ip -batch` (Lab.add_macvlan's groups=).
+            for g in ep.groups:
+                lab.join_group(ep.name, ADDRESSES[g])
+            missing = {g for g in ep.groups if ADDRESSES[g] not in lab.groups(ep.name)}
+            assert not missing, f"{sc.id}: kernel endpoint {ep.name} did not join {missing}"
             for op, names in ep.macaddr:
                 lab.macaddr(ep.name, op, [ADDRESSES[n] for n in names])
         for ep in sc.endpoints:

@@ -34,6 +34,7 @@ AF_UNSPEC = 0
 IFF_UP = 0x1
 IFF_NOARP = 0x80
 IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 
 
 class LinkNotFound(OSError):
@@ -60,6 +61,10 @@ class LinkInfo:
     @property
     def promisc(self) -> bool:
         return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
 
 
 @dataclass(frozen=True)

@@ -189,12 +189,17 @@ class Lab:
         if netns is not None:
             ip(self.host, "link", "set", name, "netns", netns)
             where = netns
-        cmds = [f"maddr add {mac_str(g)} dev {name}" for g in groups]
+        # One `ip maddr add` per group: iproute2 6.1 applies only the first
+        # `maddr add` line of a batch, silently.
+        for group in groups:
+            ip(where, "maddr", "add", mac_str(group), "dev", name)
+        cmds = []
         if allmulti:
             cmds.append(f"link set {name} allmulticast on")
         if up:
             cmds.append(f"link set {name} up")
-        ip_batch(where, cmds)
+        if cmds:
+            ip_batch(where, cmds)
         return where
 
     def delete_link(self, name: str, netns: str | None = None) -> None:
