@@ -5,10 +5,11 @@ PYTHON      ?= python3
 VENV        ?= .venv
 VPY         := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
-                util-linux passwd qemu-system-x86 busybox-static
+                util-linux passwd qemu-system-x86 busybox-static iperf3 \
+                containernetworking-plugins systemd man-db groff-base
 STAMP       := $(VENV)/.installed
 
-.PHONY: all setup apt-deps test lint typecheck unit demo bench clean
+.PHONY: all setup apt-deps test lint typecheck unit demo bench soak install clean
 
 all: test
 
@@ -44,6 +45,15 @@ unit: setup
 
 demo: setup
 	$(VPY) demo/demo.py
+
+# Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
+bench: setup
+	$(VPY) -m bench.run $(BENCH_ARGS)
+
+# A world-readable venv under PREFIX with the entry points on PATH, the systemd
+# unit, its config file, the man page and bash completion (DESTDIR honoured).
+install: apt-deps
+	sh packaging/install.sh $(or $(PREFIX),/opt/pymacvtap)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

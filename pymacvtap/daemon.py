@@ -818,6 +818,21 @@ def main(args: argparse.Namespace) -> int:
         return 1
     daemon.restore()
     drop_capabilities(DAEMON_CAPABILITIES)  # SPEC 6; the list is argued in SECURITY.md
+    metrics = None
+    if args.metrics:
+        from pymacvtap.metrics import parse_address, start_metrics
+
+        # After drop_capabilities: capabilities are per thread, and the HTTP
+        # thread must start with the reduced set.
+        try:
+            metrics = start_metrics(*parse_address(args.metrics), daemon)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"pymacvtap: daemon: --metrics {args.metrics}: {reason}", file=sys.stderr)
+            server.close()
+            daemon.close()
+            loop.close()
+            return 1
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
     log.info("pymacvtap %s ready on %s", __version__, socket_path)
@@ -828,6 +843,8 @@ def main(args: argparse.Namespace) -> int:
         traceback.print_exc()
         return 1
     finally:
+        if metrics is not None:
+            metrics.close()
         server.close()
         daemon.close()
         loop.close()

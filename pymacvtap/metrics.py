@@ -1,0 +1,211 @@
+"""Prometheus metrics of a running daemon (``pymacvtap daemon --metrics ADDR:PORT``).
+
+A custom collector reads the daemon's state when Prometheus scrapes; nothing
+is counted twice and the data path pays nothing for it.  Exposed:
+
+* per endpoint (labels ``endpoint``, ``lower``, ``mode``, ``type``):
+  ``pymacvtap_endpoint_{rx,tx}_{bytes,packets,errors,dropped}_total``,
+  ``pymacvtap_endpoint_rx_multicast_total`` (the numbers of ``link show -s``),
+  ``pymacvtap_endpoint_drops_total{reason}``, ``pymacvtap_endpoint_up``,
+  ``pymacvtap_endpoint_rx_queue_length`` (frames waiting for the frontend);
+* per lower (label ``lower``): ``pymacvtap_lower_rx_{packets,bytes,errors,dropped,
+  not_ours}_total``, ``pymacvtap_lower_bcqueue_dropped_total``,
+  ``pymacvtap_lower_tx_{packets,bytes,errors}_total``, ``pymacvtap_lower_drops_total
+  {reason}``, ``pymacvtap_lower_carrier``, ``pymacvtap_lower_endpoints``,
+  ``pymacvtap_lower_bc_queue_length``, ``pymacvtap_lower_tx_queue_length``;
+* ``pymacvtap_endpoints`` and ``pymacvtap_build_info{version, python}``.
+
+Threading: prometheus_client serves HTTP from its own thread while the daemon
+runs single-threaded.  The collector only *reads*: ints and deque lengths are
+read atomically under the GIL, and every dict of the daemon is copied with
+``list(d.values())`` / ``dict(d)`` (one C-level call, so also atomic) before
+it is iterated, so a scrape never sees "dictionary changed size during
+iteration".  A scrape may see one endpoint's counters a few frames apart from
+another's; that is the usual contract of counters.  The HTTP thread never
+calls into the daemon, the engine or the loop.
+
+Start it after the daemon has dropped its capabilities (capabilities are per
+thread: a thread started earlier would keep them all).
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+
+from pymacvtap import __version__
+
+if TYPE_CHECKING:
+    from pymacvtap.daemon import Daemon
+
+ENDPOINT_LABELS = ["endpoint", "lower", "mode", "type"]
+_ENDPOINT_COUNTERS = (
+    ("rx", "bytes", "bytes received by the endpoint's user"),
+    ("rx", "packets", "frames received by the endpoint's user"),
+    ("rx", "errors", "receive errors"),
+    ("rx", "dropped", "frames for the endpoint dropped (queue full, frontend refused)"),
+    ("rx", "multicast", "multicast and broadcast frames received"),
+    ("tx", "bytes", "bytes sent by the endpoint's user"),
+    ("tx", "packets", "frames sent by the endpoint's user"),
+    ("tx", "errors", "frames from the endpoint refused as malformed"),
+    ("tx", "dropped", "frames from the endpoint dropped (down, spoofed, wire queue full)"),
+)
+_LOWER_COUNTERS = (
+    ("rx_packets", "frames read from the lower"),
+    ("rx_bytes", "bytes read from the lower"),
+    ("rx_errors", "malformed frames read from the lower"),
+    ("rx_dropped", "frames from the lower dropped"),
+    ("rx_not_ours", "frames from the lower for no endpoint (left to the host)"),
+    ("bcqueue_dropped", "floods dropped because the broadcast queue was full"),
+    ("tx_packets", "frames written to the lower"),
+    ("tx_bytes", "bytes written to the lower"),
+    ("tx_errors", "frames the lower refused"),
+)
+
+
+class DaemonCollector:
+    """Reads a :class:`pymacvtap.daemon.Daemon` on every scrape (see the module docstring)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names vary with the state; nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        endpoints = list(self.daemon.endpoints.values())
+        lowers = list(self.daemon.lowers.items())
+        yield from self._endpoint_metrics(endpoints)
+        yield from self._lower_metrics(lowers)
+        count = GaugeMetricFamily("pymacvtap_endpoints", "endpoints in the daemon")
+        count.add_metric([], len(endpoints))
+        yield count
+        info = InfoMetricFamily("pymacvtap_build", "the daemon's version")
+        info.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield info
+
+    @staticmethod
+    def _endpoint_metrics(endpoints: list[Any]) -> Iterable[Metric]:
+        counters = {
+            (d, n): CounterMetricFamily(f"pymacvtap_endpoint_{d}_{n}", doc, labels=ENDPOINT_LABELS)
+            for d, n, doc in _ENDPOINT_COUNTERS
+        }
+        drops = CounterMetricFamily(
+            "pymacvtap_endpoint_drops",
+            "frames charged to the endpoint as dropped or in error, by reason",
+            labels=[*ENDPOINT_LABELS, "reason"],
+        )
+        up = GaugeMetricFamily("pymacvtap_endpoint_up", "1 when up", labels=ENDPOINT_LABELS)
+        rxq = GaugeMetricFamily(
+            "pymacvtap_endpoint_rx_queue_length",
+            "frames waiting to be written to the endpoint's frontend",
+            labels=ENDPOINT_LABELS,
+        )
+        for rt in endpoints:
+            cfg, ep = rt.cfg, rt.ep
+            labels = [cfg.name, cfg.link, ep.mode.label, cfg.type]
+            stats = ep.stats.as_dict()
+            # The same sums as `link show -s`: the frontend's own drops and errors.
+            stats["rx"]["dropped"] += rt.frontend.dropped
+            stats["tx"]["errors"] += rt.frontend.errors
+            for (direction, name), family in counters.items():
+                family.add_metric(labels, stats[direction][name])
+            for reason, value in dict(ep.stats.drops).items():
+                drops.add_metric([*labels, reason.value[2]], value)
+            up.add_metric(labels, 1 if ep.up else 0)
+            rxq.add_metric(labels, len(ep.rx_queue))
+        yield from counters.values()
+        yield from (drops, up, rxq)
+
+    @staticmethod
+    def _lower_metrics(lowers: list[tuple[str, Any]]) -> Iterable[Metric]:
+        counters = {
+            name: CounterMetricFamily(f"pymacvtap_lower_{name}", doc, labels=["lower"])
+            for name, doc in _LOWER_COUNTERS
+        }
+        drops = CounterMetricFamily(
+            "pymacvtap_lower_drops",
+            "frames charged to the lower as dropped or in error, by reason",
+            labels=["lower", "reason"],
+        )
+        gauges = {
+            "carrier": GaugeMetricFamily(
+                "pymacvtap_lower_carrier", "1 when the lower has carrier", labels=["lower"]
+            ),
+            "endpoints": GaugeMetricFamily(
+                "pymacvtap_lower_endpoints", "endpoints on the lower", labels=["lower"]
+            ),
+            "bc": GaugeMetricFamily(
+                "pymacvtap_lower_bc_queue_length",
+                "floods waiting in the broadcast queue",
+                labels=["lower"],
+            ),
+            "tx": GaugeMetricFamily(
+                "pymacvtap_lower_tx_queue_length",
+                "frames waiting to be written to the lower",
+                labels=["lower"],
+            ),
+        }
+        for name, lower in lowers:
+            port = lower.port
+            values = port.stats.as_dict()
+            for key, family in counters.items():
+                family.add_metric([name], values[key])
+            for reason, value in dict(port.stats.drops).items():
+                drops.add_metric([name, reason.value[2]], value)
+            gauges["carrier"].add_metric([name], 1 if port.up else 0)
+            gauges["endpoints"].add_metric([name], len(port.endpoints))
+            gauges["bc"].add_metric([name], len(port.bc_queue))
+            gauges["tx"].add_metric([name], len(port.tx_queue))
+        yield from counters.values()
+        yield drops
+        yield from gauges.values()
+
+
+class MetricsServer:
+    """The HTTP server thread serving ``/metrics``; :meth:`close` stops it."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (``[::1]:9101`` for IPv6) → (addr, port); ValueError if malformed."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected ADDR:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def start_metrics(addr: str, port: int, daemon: Daemon) -> MetricsServer:
+    """Serve ``daemon``'s metrics on http://ADDR:PORT/metrics from a daemon thread.
+
+    Raises OSError when the address cannot be bound.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    return MetricsServer(server, thread)

@@ -1,0 +1,96 @@
+"""Fixtures for the operations tests: a lab with a hairpin lower and a real daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab import Lab
+from tests.lab.daemon import DaemonProcess
+
+REPO = Path(__file__).resolve().parents[2]
+SUBNET = "10.97.0"
+EXT_IP = f"{SUBNET}.100"
+LOWER_MAC = bytes.fromhex("020000000c01")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+class OpsDaemon(DaemonProcess):
+    """A DaemonProcess taking extra daemon options (``--metrics``)."""
+
+    def __init__(self, netns: str, workdir: Path, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(netns, workdir)
+        self.extra = extra
+
+    def start(self, timeout: float = 15.0) -> None:
+        argv = [
+            "ip", "netns", "exec", self.netns,
+            sys.executable, "-m", "pymacvtap", "daemon",
+            "--socket", str(self.socket), "--state-dir", str(self.state_dir), *self.extra,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not (self.socket.exists() and self._answers()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab(ext_ip=f"{EXT_IP}/24") as lab:
+        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+        yield lab
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(lab.host, tmp_path)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+        print(proc.log())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def sleeper_netns() -> Iterator[Callable[[], str]]:
+    """Namespaces as a runtime without `ip netns` makes them: an unshare'd process's.
+
+    The process keeps no capabilities, like a container's sandbox process: the
+    daemon (which drops most of its own) may open /proc/PID/ns/net only of a
+    process whose capabilities are a subset of its own (ptrace access rules).
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def make() -> str:
+        argv = ["unshare", "--net", "setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+        proc = subprocess.Popen([*argv, "sleep", "600"])
+        procs.append(proc)
+        path = f"/proc/{proc.pid}/ns/net"
+        assert wait_until(lambda: os.readlink(path) != os.readlink("/proc/self/ns/net"))
+        return path
+
+    yield make
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,139 @@
+"""`pymacvtap daemon --metrics`: Prometheus metrics scraped over HTTP, checked against traffic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pymacvtap import __version__
+from pymacvtap.metrics import parse_address
+from tests.lab import Lab, ip
+from tests.ops.conftest import EXT_IP, SUBNET, OpsDaemon
+
+PORT = 9477
+PINGS = 5
+PING_SIZE = 200  # ICMP payload: 242-byte frames
+
+
+@pytest.fixture
+def metrics_daemon(lab: Lab, tmp_path: Path) -> Iterator[OpsDaemon]:
+    proc = OpsDaemon(lab.host, tmp_path, ("--metrics", f"127.0.0.1:{PORT}"))
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+        print(proc.log())
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(netns: str) -> tuple[str, Samples]:
+    """GET /metrics on the daemon's loopback (it lives in the lab's host namespace)."""
+    url = f"http://127.0.0.1:{PORT}/metrics"
+    code = (
+        f"import urllib.request;print(urllib.request.urlopen({url!r},timeout=10).read().decode())"
+    )
+    text = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    matches = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(matches) == 1, (name, labels, matches)
+    return matches[0]
+
+
+def test_metrics_follow_traffic_through_two_containers(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+    daemon = metrics_daemon
+    netns = {}
+    for i, name in enumerate(("c1", "c2")):
+        ns = lab.add_netns(name)
+        daemon.cli("link", "add", "link", "low0", "name", name, "type", "macvlan",
+                   "mode", "vepa", "netns", ns, "ifname", "eth0")  # fmt: skip
+        ip(ns, "addr", "add", f"{SUBNET}.{21 + i}/24", "dev", "eth0")
+        ip(ns, "link", "set", "eth0", "up")
+        netns[name] = ns
+    daemon.cli("link", "add", "link", "low0", "name", "vm0", "type", "macvtap", "mode", "bridge")
+    _, before = scrape(lab.host)
+    assert value(before, "pymacvtap_endpoint_tx_packets_total", endpoint="c1") == 0
+    assert value(before, "pymacvtap_endpoints") == 3
+
+    subprocess.run(
+        ["ip", "netns", "exec", netns["c1"], "ping", "-c", str(PINGS), "-i", "0.2",
+         "-s", str(PING_SIZE), "-W", "1", f"{SUBNET}.22"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    text, after = scrape(lab.host)
+    shown = {e["ifname"]: e for e in json.loads(daemon.cli("-j", "-s", "link", "show"))}
+
+    labels = {"endpoint": "c1", "lower": "low0", "mode": "vepa", "type": "macvlan"}
+    assert value(after, "pymacvtap_endpoint_tx_packets_total", **labels) >= PINGS
+    assert value(after, "pymacvtap_endpoint_tx_bytes_total", endpoint="c1") >= PINGS * 242
+    assert value(after, "pymacvtap_endpoint_rx_packets_total", endpoint="c2") >= PINGS
+    # Exactly what `link show -s` says (the containers are quiet now: IPv6 is off).
+    for name in ("c1", "c2", "vm0"):
+        for direction, counters in shown[name]["stats64"].items():
+            for counter, count in counters.items():
+                metric = f"pymacvtap_endpoint_{direction}_{counter}_total"
+                assert value(after, metric, endpoint=name) == count, (name, metric)
+    lower = shown["c1"]["lower_stats"]
+    for counter in ("rx_packets", "rx_not_ours", "tx_packets", "tx_bytes", "bcqueue_dropped"):
+        metric = f"pymacvtap_lower_{counter}_total"
+        assert value(after, metric, lower="low0") == lower[counter], metric
+    # VEPA: both directions crossed the wire (out to the hairpin switch and back).
+    assert value(after, "pymacvtap_lower_tx_packets_total", lower="low0") >= 2 * PINGS
+    assert value(after, "pymacvtap_lower_rx_packets_total", lower="low0") >= 2 * PINGS
+    assert value(after, "pymacvtap_endpoint_up", endpoint="c1") == 1
+    assert value(after, "pymacvtap_endpoint_rx_queue_length", endpoint="c2") == 0
+    assert value(after, "pymacvtap_lower_bc_queue_length", lower="low0") == 0
+    assert value(after, "pymacvtap_lower_tx_queue_length", lower="low0") == 0
+    assert value(after, "pymacvtap_lower_carrier", lower="low0") == 1
+    assert value(after, "pymacvtap_lower_endpoints", lower="low0") == 3
+    assert value(after, "pymacvtap_build_info", version=__version__) == 1
+    assert "# TYPE pymacvtap_endpoint_rx_bytes_total counter" in text
+
+    # Drops by reason: c1 down, its frames are dropped and counted as endpoint_down.
+    daemon.cli("link", "set", "c2", "mode", "private")
+    daemon.cli("link", "del", "vm0")
+    ip(netns["c1"], "link", "set", "eth0", "down")
+    _, later = scrape(lab.host)
+    assert value(later, "pymacvtap_endpoint_up", endpoint="c1") == 0
+    assert value(later, "pymacvtap_endpoints") == 2
+    assert value(later, "pymacvtap_endpoint_rx_packets_total", endpoint="c2", mode="private") > 0
+    assert not [k for k in later if ("endpoint", "vm0") in k[1]]
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:9101") == ("127.0.0.1", 9101)
+    assert parse_address("[::1]:80") == ("::1", 80)
+    for bad in ("9101", ":9101", "host:", "host:port", "h:70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_metrics_are_served_only_where_asked(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+    # The port is served only in the daemon's namespace, on the address asked for.
+    out = subprocess.run(
+        ["ip", "netns", "exec", lab.ext, sys.executable, "-c",
+         f"import urllib.request;urllib.request.urlopen('http://{EXT_IP}:{PORT}/metrics',timeout=2)"],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=2)
