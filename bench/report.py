@@ -1,0 +1,220 @@
+"""The results table: metric | kernel macvlan | pymacvtap | ratio | target | met?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+RSS_BASE_KIB = 60 * 1024  # SPEC 7: RSS ≤ 60 MB + 50 KB per endpoint (read as MiB, KiB)
+RSS_PER_ENDPOINT_KIB = 50
+TCP1_MIN_RATIO = 0.9
+UDP64_MIN_RATIO = 0.5
+ADDED_RTT_MAX_US = 30.0
+
+
+@dataclass
+class Row:
+    metric: str
+    kernel: str = ""
+    pymacvtap: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+
+
+def _get(d: dict[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _cell(test: dict[str, Any] | None, key: str, digits: int) -> str:
+    if test is None:
+        return "—"
+    if "error" in test:
+        return "error"
+    return _fmt(_get(test, key), digits)
+
+
+def _ratio(k: Any, p: Any) -> float | None:
+    if isinstance(k, int | float) and isinstance(p, int | float) and k:
+        return float(p) / float(k)
+    return None
+
+
+def _yes(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "NO")
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    tests: dict[str, dict[str, Any]] = results.get("tests", {})
+    rows: list[Row] = []
+
+    def pair(name: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        t = tests.get(name)
+        if t is None:
+            return None, None
+        return t.get("kernel"), t.get("pymacvtap")
+
+    def value_row(
+        test: str,
+        label: str,
+        key: str,
+        digits: int = 2,
+        *,
+        min_ratio: float | None = None,
+        ratio: bool = True,
+    ) -> None:
+        k, p = pair(test)
+        if k is None and p is None:
+            return
+        r = _ratio(_get(k, key), _get(p, key)) if ratio else None
+        row = Row(label, _cell(k, key, digits), _cell(p, key, digits), _fmt(r) + "×" if r else "")
+        if min_ratio is not None:
+            row.target = f"≥ {min_ratio}× kernel"
+            row.met = _yes(None if r is None else r >= min_ratio)
+        rows.append(row)
+
+    def cpu_row(test: str) -> None:
+        _, p = pair(test)
+        if p is None:
+            return
+        cpu = _fmt(_get(p, "meter", "daemon_cpu_pct_of_core"), 0)
+        wait = _fmt(_get(p, "meter", "daemon_runq_wait_pct"), 0)
+        rows.append(Row("  daemon CPU / waiting for a CPU, % of wall time", "", f"{cpu} / {wait}"))
+
+    def rtt_rows(test: str, label: str) -> None:
+        k, p = pair(test)
+        if k is None and p is None:
+            return
+        for stat in ("median", "p99"):
+            key = f"{stat}_us"
+            r = _ratio(_get(k, key), _get(p, key))
+            rows.append(
+                Row(
+                    f"{label} {stat} (µs)",
+                    _cell(k, key, 1),
+                    _cell(p, key, 1),
+                    _fmt(r, 1) + "×" if r else "",
+                )
+            )
+        added = None
+        if isinstance(_get(k, "median_us"), float) and isinstance(_get(p, "median_us"), float):
+            added = p["median_us"] - k["median_us"]
+        rows.append(
+            Row(
+                f"{label}: added by pymacvtap, median (µs)",
+                "",
+                _fmt(added, 1),
+                "",
+                f"≤ {ADDED_RTT_MAX_US:.0f} µs",
+                _yes(None if added is None else added <= ADDED_RTT_MAX_US),
+            )
+        )
+
+    specs: list[tuple[str, Callable[[], None]]] = [
+        (
+            "tcp1",
+            lambda: value_row(
+                "tcp1", "TCP c1→c2 hairpin, 1 stream (Gbit/s)", "gbit_s", min_ratio=TCP1_MIN_RATIO
+            ),
+        ),
+        ("tcp4", lambda: value_row("tcp4", "TCP c1→c2 hairpin, 4 streams (Gbit/s)", "gbit_s")),
+        ("tcp_ext", lambda: value_row("tcp_ext", "TCP c1→ext, 1 stream (Gbit/s)", "gbit_s")),
+        (
+            "stalled",
+            lambda: value_row(
+                "stalled",
+                "TCP c1→c2, 1 stream, c3's reader SIGSTOPped + UDP to c3 (Gbit/s)",
+                "gbit_s",
+            ),
+        ),
+        (
+            "udp64",
+            lambda: value_row(
+                "udp64",
+                "64-byte UDP c1→c2 delivered (kpps)",
+                "delivered_kpps",
+                1,
+                min_ratio=UDP64_MIN_RATIO,
+            ),
+        ),
+    ]
+    for name, add in specs:
+        add()
+        if name == "udp64" and name in tests:
+            value_row("udp64", "  offered by iperf3 -b 0 (kpps)", "offered_kpps", 1, ratio=False)
+            value_row("udp64", "  loss (%)", "loss_pct", 1, ratio=False)
+        cpu_row(name)
+    rtt_rows("rtt_udp", "RTT c1↔c2 UDP ping-pong")
+    rtt_rows("rtt_icmp", "RTT c1↔c2 ping -i 0.002")
+    rows.extend(scale_rows(results.get("scale")))
+    return rows
+
+
+def scale_rows(scale: dict[str, Any] | None) -> list[Row]:
+    if not scale:
+        return []
+    if "error" in scale:
+        return [Row("scale", pymacvtap="error")]
+    rows = []
+    n = scale["endpoints"]
+    rss = scale["rss_kib"]
+    for key in dict.fromkeys(("0", "100", str(n), "after_delete")):
+        if key not in rss:
+            continue
+        mib = rss[key]["VmRSS"] / 1024
+        row = Row(f"daemon RSS, {key.replace('_', ' ')} endpoints (MiB)", "", _fmt(mib, 1))
+        if key.isdigit() and int(key) == n:
+            limit = (RSS_BASE_KIB + RSS_PER_ENDPOINT_KIB * n) / 1024
+            row.target = f"≤ {limit:.1f} MiB"
+            row.met = _yes(mib <= limit)
+        rows.append(row)
+    if "0" in rss and str(n) in rss:
+        per = (rss[str(n)]["VmRSS"] - rss["0"]["VmRSS"]) / n
+        rows.append(Row(f"  RSS per endpoint, 0→{n} (KiB)", "", _fmt(per, 1)))
+    for way, label in (("link_add_cli", "CLI process"), ("link_add_client", "one connection")):
+        d = scale.get(way, {})
+        for which in ("first", "last"):
+            lo, hi = d.get(f"{which}_indices", (0, 0))
+            med = _get(d, which, "median_ms")
+            rows.append(Row(f"link add via {label}, #{lo}–#{hi}, median (ms)", "", _fmt(med, 1)))
+    rows.append(
+        Row("link del via one connection, mean (ms)", "", _fmt(scale.get("del_ms_per_endpoint"), 1))
+    )
+    rows.append(
+        Row(
+            f"daemon idle CPU with {n} endpoints (% of a core)",
+            "",
+            _fmt(scale.get("idle_cpu_pct_of_core"), 1),
+        )
+    )
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    header = Row("metric", "kernel macvlan", "pymacvtap", "ratio", "target", "met?")
+    table = [header, *rows]
+    cols = ["metric", "kernel", "pymacvtap", "ratio", "target", "met"]
+    widths = [max(len(getattr(r, c)) for r in table) for c in cols]
+    lines = []
+    for i, r in enumerate(table):
+        cells = [
+            getattr(r, c).ljust(w) if j == 0 else getattr(r, c).rjust(w)
+            for j, (c, w) in enumerate(zip(cols, widths, strict=True))
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

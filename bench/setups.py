@@ -1,0 +1,141 @@
+"""The two setups under test, in one lab: kernel macvlan and pymacvtap, VEPA on a hairpin.
+
+::
+
+    sw:    br0 --- sw-lowk (hairpin) ---- lowk (host) -- kernel macvlan vepa -> k-c1, k-c2, ...
+               |-- sw-lowp (hairpin) ---- lowp (host) -- pymacvtap daemon    -> p-c1, p-c2, ...
+               `-- sw-ext ------------------------------ eth0 (ext) 10.97.0.100
+
+Each setup has its own lower, so the daemon's AF_PACKET socket never sees the kernel
+setup's frames.  The switch learns nothing (the lab turns learning off); every endpoint
+MAC gets a static fdb entry towards its lower's port, so endpoint→endpoint frames are
+reflected by the hairpin port instead of being flooded to every port.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.lab import Lab, delete_netns, ip, ip_batch, mac_str
+from tests.lab.daemon import DaemonProcess
+
+SUBNET = "10.97.0"
+EXT_ADDRESS = f"{SUBNET}.100"
+LOWERS = {"kernel": ("lowk", 0x0B01), "pymacvtap": ("lowp", 0x0B02)}
+FIRST_HOST = {"kernel": 11, "pymacvtap": 21}  # c1 of kernel is .11, of pymacvtap .21
+
+
+def new_lab() -> Lab:
+    lab = Lab(ext_ip=f"{EXT_ADDRESS}/24")
+    try:
+        for name, low in LOWERS.values():
+            lab.add_lower(name, bytes.fromhex("02000000") + low.to_bytes(2, "big"), hairpin=True)
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+class BenchDaemon(DaemonProcess):
+    """The lab's daemon, optionally under ``python -m cProfile -o PROFILE``.
+
+    Only ``start`` differs from :class:`DaemonProcess` (it builds the interpreter's
+    arguments); SIGTERM (``stop``) makes the daemon return from main, and cProfile then
+    writes the profile.
+    """
+
+    def __init__(self, netns: str, workdir: Path, *, profile: Path | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(netns, workdir)
+        self.profile = profile
+
+    def argv(self) -> list[str]:
+        python = [sys.executable]
+        if self.profile is not None:
+            python += ["-m", "cProfile", "-o", str(self.profile)]
+        return [
+            "ip", "netns", "exec", self.netns, *python, "-m", "pymacvtap", "daemon",
+            "--socket", str(self.socket), "--state-dir", str(self.state_dir),
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 15.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists() and self._answers():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        # Writing a profile of a long run takes a moment.
+        return super().stop(timeout)
+
+
+@dataclass
+class Container:
+    role: str  # "c1"
+    netns: str
+    address: str
+    mac: bytes
+
+
+@dataclass
+class Setup:
+    """Endpoints of one kind on their own lower, each in a container namespace as eth0."""
+
+    kind: str  # "kernel" or "pymacvtap"
+    lab: Lab
+    daemon: BenchDaemon | None = None
+    containers: dict[str, Container] = field(default_factory=dict)
+
+    @property
+    def lower(self) -> str:
+        return LOWERS[self.kind][0]
+
+    @property
+    def daemon_pid(self) -> int | None:
+        return self.daemon.pid if self.daemon is not None else None
+
+    def add_container(self, role: str) -> Container:
+        index = len(self.containers)
+        tag = "k" if self.kind == "kernel" else "p"
+        netns = self.lab.add_netns(f"{tag}-{role}")
+        mac = bytes([0x02, 0, 0, 0x01, 0x0A if tag == "k" else 0x0B, index + 1])
+        address = f"{SUBNET}.{FIRST_HOST[self.kind] + index}"
+        name = f"{tag}{role}"
+        if self.daemon is None:
+            ip(self.lab.host, "link", "add", "link", self.lower, "name", name,
+               "address", mac_str(mac), "type", "macvlan", "mode", "vepa")  # fmt: skip
+            ip(self.lab.host, "link", "set", name, "netns", netns)
+            ip(netns, "link", "set", name, "name", "eth0")
+        else:
+            self.daemon.cli(
+                "link", "add", "link", self.lower, "name", name, "type", "macvlan",
+                "mode", "vepa", "address", mac_str(mac), "netns", netns, "ifname", "eth0",
+            )  # fmt: skip
+            self.daemon.cli("link", "set", name, "up")
+        ip_batch(netns, [f"addr add {address}/24 dev eth0", "link set eth0 up"])
+        self.lab.fdb_static(mac, self.lab.lowers[self.lower].port)
+        container = Container(role, netns, address, mac)
+        self.containers[role] = container
+        return container
+
+    def remove_containers(self) -> None:
+        tag = "k" if self.kind == "kernel" else "p"
+        for role, c in list(self.containers.items()):
+            if self.daemon is not None:
+                self.daemon.run_cli("link", "del", f"{tag}{role}")
+            delete_netns(c.netns)
+            if c.netns in self.lab.namespaces:
+                self.lab.namespaces.remove(c.netns)
+            del self.containers[role]
