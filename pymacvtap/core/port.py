@@ -101,8 +101,7 @@ class Port:
         stats.rx_bytes += len(frame.data)
         if multicast:
             stats.rx_multicast += 1
-        if ep not in self.ready:
-            self.ready[ep] = None
+        self.ready[ep] = None  # an ordered set: re-adding keeps the first position
         return True
 
     def _offer(self, ep: Endpoint, frame: Frame, multicast: bool, d: Disposition) -> None:
@@ -162,7 +161,9 @@ class Port:
         stats.rx_bytes += len(data)
         if len(data) < ETH_HLEN:
             return self._drop_lower(frame, DropReason.RUNT_FROM_LOWER)
-        if frame.segment_size() > self.mtu:
+        # Most frames are plainly within the MTU; only the rest pay for the
+        # exact segment size (GSO metadata, VLAN tags).
+        if len(data) - ETH_HLEN > self.mtu and frame.segment_size() > self.mtu:
             return self._drop_lower(frame, DropReason.OVERSIZE_FROM_LOWER)
         return self._receive(frame)
 
@@ -245,7 +246,7 @@ class Port:
         data = frame.data
         if len(data) < ETH_HLEN:
             return self._drop_endpoint(ep, frame, DropReason.RUNT_FROM_ENDPOINT)
-        if frame.segment_size() > ep.mtu:
+        if len(data) - ETH_HLEN > ep.mtu and frame.segment_size() > ep.mtu:
             return self._drop_endpoint(ep, frame, DropReason.OVERSIZE_FROM_ENDPOINT)
         if not ep.up:
             return self._drop_endpoint(ep, frame, DropReason.ENDPOINT_DOWN)

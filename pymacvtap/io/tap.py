@@ -255,7 +255,10 @@ class Tap:
         try:
             if hdr_size:
                 vnet = frame.vnet
-                hdr = bytes(hdr_size) if vnet is None else vnet.pack().ljust(hdr_size, b"\0")
+                if vnet is None:
+                    hdr = _ZERO_HDR.get(hdr_size) or bytes(hdr_size)  # no allocation, usually
+                else:
+                    hdr = vnet.pack().ljust(hdr_size, b"\0")
                 os.writev(fd, (hdr, frame.data))
             else:
                 os.write(fd, frame.data)
@@ -266,6 +269,9 @@ class Tap:
                 raise FrameRejected(exc.errno, f"tap {self.ifname}: {exc.strerror}") from None
             raise
         return True
+
+
+_ZERO_HDR = {10: bytes(10), 12: bytes(12)}
 
 
 def _set_offloads(fd: int, wanted: int) -> int:
