@@ -621,7 +621,9 @@ def _run_exec(opts: Options, cmd: Exec) -> int:
     try:
         _, fds = client.request_fds("attach", args)
     except RemoteError as exc:
-        raise Failure(with_prefix(target, exc.message, cmd.name)) from None
+        # The daemon speaks of its verb ("attach vm0: ..."); the user typed "exec vm0".
+        message = exc.message.removeprefix(f"attach {cmd.name}: ")
+        raise Failure(with_prefix(target, message, cmd.name)) from None
     except ClientError as exc:
         raise Failure(str(exc)) from None
     finally:

@@ -143,12 +143,15 @@ class StreamFrontend:
         self.on_fds_changed()
 
     def _disconnect(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        conn = self.conn
+        if conn is not None:
+            # The daemon unregisters the fd before it is closed: epoll refuses
+            # (EBADF) to remove a closed one, which would stop the daemon.
             self.conn = None
             self._inbuf.clear()
             self._outbuf.clear()
             self.on_fds_changed()
+            conn.close()
 
     def close(self, *, delete: bool) -> None:
         if self.conn is not None:

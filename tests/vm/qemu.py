@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,9 @@ class Vm:
         extra_cmdline: Sequence[str] = (),
         ipv6: bool = False,
         name: str = "vm",
+        smp: int = 1,
+        env: Mapping[str, str] | None = None,
+        argv_prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.image = image
@@ -160,7 +163,7 @@ class Vm:
                 "-name", name,
                 "-accel", "tcg",
                 "-machine", "pc",
-                "-smp", "1",
+                "-smp", str(smp),
                 "-m", str(memory),
                 "-nodefaults", "-no-user-config",
                 "-display", "none",
@@ -189,7 +192,7 @@ class Vm:
             wrap = ["setpriv", "--pdeathsig=KILL"]
             if user is not None:
                 wrap += [f"--reuid={uid}", f"--regid={gid}", "--init-groups"]
-            argv = [*wrap, "--", *argv]
+            argv = [*wrap, "--", *argv_prefix, *argv]
             if netns is not None:
                 argv = ["ip", "netns", "exec", netns, *argv]
             self.argv = argv
@@ -199,6 +202,7 @@ class Vm:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmpdir,
+                env=None if env is None else {**os.environ, **env},
                 start_new_session=True,
             )
         except BaseException:
@@ -354,6 +358,9 @@ def boot_vm(
     extra_cmdline: Sequence[str] = (),
     ipv6: bool = False,
     name: str = "vm",
+    smp: int = 1,
+    env: Mapping[str, str] | None = None,
+    argv_prefix: Sequence[str] = (),
 ) -> Vm:
     """Start a VM (returns at once; use `wait`, `wait_for_marker`, `run`, and close it).
 
@@ -361,8 +368,13 @@ def boot_vm(
     is), the per-VM files are in a private temp dir chowned to it, and the netdev sockets'
     directory must be writable by it. `netns`: run QEMU in that named netns (``ip netns exec``),
     e.g. to open a tap created there. `shared_memory`: guest RAM in a shared memfd (for
-    ``-netdev vhost-user``: pass ``Nic("vhost-user,chardev=c0")`` and
-    ``extra_args=["-chardev", "socket,id=c0,path=PATH"]``). `extra_args`: more QEMU arguments.
+    ``-netdev vhost-user``: pass ``Nic("vhost-user,chardev=c0", device_opts="vectors=0")`` and
+    ``extra_args=["-chardev", "socket,id=c0,path=PATH"]``; QEMU 7.2 under TCG segfaults starting
+    vhost-user with MSI-X, hence ``vectors=0``). `extra_args`: more QEMU arguments.
+    `smp`: guest CPUs (2 to use two queues of a multi-queue NIC). `env`: added to QEMU's
+    environment (which QEMU passes on, e.g. to a ``helper=``). `argv_prefix`: a command that
+    runs QEMU, put before it (after the user switch), e.g.
+    ``["pymacvtap", "exec", "vm0", "--"]``; it must exec QEMU so the pid stays QEMU's.
     """
     return Vm(
         image,
@@ -381,6 +393,9 @@ def boot_vm(
         extra_cmdline=extra_cmdline,
         ipv6=ipv6,
         name=name,
+        smp=smp,
+        env=env,
+        argv_prefix=argv_prefix,
     )
 
 
