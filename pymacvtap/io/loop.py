@@ -8,13 +8,17 @@ owns the clock; nothing below it reads one.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
+import logging
 import select
 import signal
 import socket
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("pymacvtap.loop")
 
 Callback = Callable[[], None]
 # An after-poll hook returns True while it has work left (the next poll won't sleep).
@@ -63,8 +67,13 @@ class Loop:
                 self._epoll.register(fd, mask)
                 registered.add(fd)
         elif fd in registered:
-            self._epoll.unregister(fd)
             registered.discard(fd)
+            try:
+                self._epoll.unregister(fd)
+            except OSError as exc:
+                # Closed already: the kernel dropped it from the epoll set itself.
+                if exc.errno not in (errno.EBADF, errno.ENOENT):
+                    raise
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._readers[fd] = callback
@@ -154,25 +163,36 @@ class Loop:
                 events = epoll.poll(timeout)
             except InterruptedError:
                 events = []
-            for fd, mask in events:
-                if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-                    cb = readers.get(fd)
-                    if cb is not None:
-                        cb()
-                if mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
-                    cb = writers.get(fd)
-                    if cb is not None:
-                        cb()
+            try:
+                for fd, mask in events:
+                    if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                        cb = readers.get(fd)
+                        if cb is not None:
+                            cb()
+                    if mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                        cb = writers.get(fd)
+                        if cb is not None:
+                            cb()
+            except Exception:
+                # A bug in one handler must not take every endpoint down with it
+                # (SPEC 6): log it and serve the others.
+                log.exception("event handler failed")
             more = False
             for hook in self._after_poll:
-                if hook():
-                    more = True
+                try:
+                    if hook():
+                        more = True
+                except Exception:
+                    log.exception("after-poll hook failed")
             if timers:
                 now = self.time()
                 while timers and timers[0][0] <= now:
                     _, _, timer = heapq.heappop(timers)
                     if not timer.cancelled:
-                        timer.callback()
+                        try:
+                            timer.callback()
+                        except Exception:
+                            log.exception("timer callback failed")
 
     def close(self) -> None:
         if self._wake_r is not None:
