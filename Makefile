@@ -46,6 +46,11 @@ unit: setup
 demo: setup
 	$(VPY) demo/demo.py
 
+# The reliability tests (fuzzing, faults, load) with ten times the counts.
+soak: setup
+	PYMACVTAP_FUZZ_SCALE=10 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=1200 \
+	    tests/reliability tests/vhost_user/test_fuzz.py
+
 # Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
 bench: setup
 	$(VPY) -m bench.run $(BENCH_ARGS)

@@ -36,12 +36,13 @@ class StateStore:
         """The saved endpoints; a corrupt file is reported and the last good copy used."""
         for path, label in ((self.path, "state"), (self.backup, "last good state")):
             try:
-                with open(path, encoding="utf-8") as f:
+                with open(path, "rb") as f:
                     raw = f.read()
             except FileNotFoundError:
                 continue
             try:
-                configs = _decode(raw)
+                # Invalid UTF-8 (UnicodeDecodeError) is corruption too, not a crash.
+                configs = _decode(raw.decode("utf-8"))
             except (ValueError, ConfigError) as exc:
                 self._log(f"state: {path} is corrupt ({exc}); keeping it and trying the next copy")
                 self._quarantine(path)

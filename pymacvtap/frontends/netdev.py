@@ -41,7 +41,8 @@ class NetdevFrontend:
             exists = netlink.link_exists(ifname)
             if exists and not reattach:
                 raise FileExistsError(f"a device named {ifname} exists already")
-            tap = Tap.open(ifname, persist=True)
+            # Created root's: a tap without owner is anyone's to attach (tun_not_capable).
+            tap = Tap.open(ifname, persist=True, owner=None if exists else 0)
         frontend = cls(ifname, netns, tap)
         try:
             if not exists:

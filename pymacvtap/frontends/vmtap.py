@@ -71,7 +71,9 @@ class VmTapFrontend:
                 queues=1,
                 multi_queue=queues > 1,
                 persist=True,
-                owner=owner,
+                # Neither given: root's.  A tap with no owner and no group may be
+                # attached by anyone who can open /dev/net/tun (tun_not_capable).
+                owner=0 if owner is None and group is None else owner,
                 group=group,
             ).close()
         socks: list[PacketLower] = []

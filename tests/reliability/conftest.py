@@ -1,0 +1,84 @@
+"""Reliability and security tests: fuzzing, faults, load, isolation (see SECURITY.md).
+
+``PYMACVTAP_FUZZ_SCALE`` (default 1) multiplies every fuzz count and soak
+duration: ``make soak`` runs them with 10.  The figures each test reaches are
+collected in ``helpers.FIGURES`` (one module, whatever name pytest gives
+this conftest) and printed at the end of the run, for SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import SUBNET, Containers
+from tests.lab import Lab
+from tests.lab.daemon import DaemonProcess
+from tests.reliability.helpers import FIGURES, record
+
+__all__ = ["FIGURES", "SCALE", "record", "rss_kib", "wait_until"]
+
+SCALE = max(1, int(os.environ.get("PYMACVTAP_FUZZ_SCALE", "1")))
+LOWER_MAC = bytes.fromhex("020000000c01")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB (from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def proc_status(pid: int, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {key} for pid {pid}")
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab(ext_ip=f"{SUBNET}.100/24") as lab:
+        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+        yield lab
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(lab.host, tmp_path)
+    proc.start()
+    try:
+        yield proc
+        # Every test ends with a living daemon: no crash went unnoticed.
+        assert proc.proc is not None and proc.proc.poll() is None, proc.log()
+    finally:
+        proc.cleanup()
+        print(proc.log())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def containers(lab: Lab, daemon: DaemonProcess) -> Containers:
+    return Containers(lab, daemon)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section(f"reliability figures (PYMACVTAP_FUZZ_SCALE={SCALE})")
+        for name, count in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{name}: {count:,}")

@@ -1,0 +1,267 @@
+"""Faults injected under a running daemon (SPEC 5, 6): each ends with traffic flowing again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.conftest import Containers
+from tests.lab import Lab, ip
+from tests.lab.daemon import DaemonProcess
+from tests.reliability.conftest import LOWER_MAC, record, wait_until
+from tests.reliability.helpers import DgramVM, Monitor, StreamVM, add_vm, frame, mac_of, public_dir
+
+
+def test_lower_down_up_and_deleted_recreated(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "vepa")
+    containers.add("c2", "vepa")
+    assert containers.ping("c1", "c2")
+    with Monitor(daemon) as monitor:
+        ip(lab.host, "link", "set", "low0", "down")
+        monitor.wait_event(lambda e: e.get("event") == "lower.carrier" and not e["carrier"])
+        assert daemon.show("c1")["operstate"] == "LOWERLAYERDOWN"
+        assert not containers.ping("c1", "ext", count=1)
+        ip(lab.host, "link", "set", "low0", "up")
+        monitor.wait_event(lambda e: e.get("event") == "lower.carrier" and e["carrier"])
+        assert wait_until(lambda: containers.ping("c1", "c2", count=1), 8)
+        assert containers.ping("c2", "ext")
+        record("faults injected: lower down/up")
+
+        ip(lab.host, "link", "del", "low0")
+        monitor.wait_event(lambda e: e.get("event") == "lower.del")
+    assert wait_until(lambda: daemon.show() == [])
+    lab.lowers.pop("low0")
+    lab.add_lower("low0", LOWER_MAC, hairpin=True)
+    containers.add("c3", "vepa")
+    containers.add("c4", "bridge")
+    assert containers.ping("c3", "c4") and containers.ping("c3", "ext")
+    record("faults injected: lower deleted and re-created")
+
+
+def test_netns_deleted_under_its_endpoint(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    ns1 = containers.add("c1", "vepa")
+    containers.add("c2", "vepa")
+    assert containers.ping("c1", "c2")
+    with Monitor(daemon) as monitor:
+        started = time.monotonic()
+        ip(None, "netns", "del", ns1)
+        lab.namespaces.remove(ns1)
+        event = monitor.wait_event(lambda e: e.get("event") == "link.del", timeout=6)
+        took = time.monotonic() - started
+    assert event["ifname"] == "c1" and "netns" in event["reason"], event
+    assert took < 5, took
+    assert [e["ifname"] for e in daemon.show()] == ["c2"]
+    assert containers.ping("c2", "ext")
+    record("faults injected: endpoint netns deleted")
+
+
+def _tcp_transfer(containers: Containers, size: int) -> tuple[subprocess.Popen[str], list[str]]:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", containers.netns["c2"], sys.executable, "-c",
+         "import socket,hashlib\n"
+         "s=socket.create_server(('0.0.0.0',5301));print('ready',flush=True)\n"
+         "c,_=s.accept();h=hashlib.sha256();n=0\n"
+         "while True:\n"
+         "    b=c.recv(1<<20)\n"
+         "    if not b: break\n"
+         "    h.update(b);n+=len(b)\n"
+         "print(n,h.hexdigest(),flush=True)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    client = [
+        "ip", "netns", "exec", containers.netns["c1"], sys.executable, "-c",
+        "import socket,hashlib,os,sys,time\n"
+        f"c=socket.create_connection(('{containers.address['c2']}',5301),timeout=60)\n"
+        f"blob=bytes(range(256))*({size}//256);print(hashlib.sha256(blob).hexdigest(),flush=True)\n"
+        "for i in range(0,len(blob),1<<16):\n"
+        "    c.sendall(blob[i:i+(1<<16)]);time.sleep(0.002)\n"
+        "c.close()\n",
+    ]  # fmt: skip
+    return server, client
+
+
+def test_daemon_sigkilled_mid_transfer_and_restarted(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "vepa")
+    containers.add("c2", "bridge")
+    assert containers.ping("c1", "c2")
+    server, client_argv = _tcp_transfer(containers, 24 << 20)
+    client = subprocess.Popen(client_argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        digest = client.stdout.readline().strip()
+        time.sleep(0.5)  # mid-transfer
+        assert client.poll() is None
+        daemon.kill()
+        time.sleep(1.0)  # TCP retransmits into the void meanwhile
+        daemon.start()
+        assert client.wait(90) == 0
+        assert server.stdout is not None
+        size, got = server.stdout.readline().split()
+    finally:
+        for p in (client, server):
+            p.kill()
+            p.wait()
+    assert int(size) == 24 << 20 and got == digest
+    assert containers.ping("c1", "ext")
+    record("faults injected: daemon SIGKILLed mid-transfer")
+
+
+def test_corrupt_state_file_uses_the_last_good_copy(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "vepa")
+    containers.add("c2", "bridge")
+    containers.add("c3", "vepa")
+    state = daemon.state_dir / "state.json"
+    daemon.stop()
+    good = json.loads((daemon.state_dir / "state.json.bak").read_text())
+    expected = sorted(e["name"] for e in good["endpoints"])
+    assert "c1" in expected
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])  # truncated: a full disk, a crash, an editor
+    daemon.start()
+    assert "is corrupt" in daemon.log() and "restored the last good state" in daemon.log()
+    assert sorted(e["ifname"] for e in daemon.show()) == expected
+    assert containers.ping("c1", "ext")
+    # Garbage instead of JSON, and a wrong document: the same.
+    for bad in (os.urandom(300), b'{"version": 99}', b"[]"):
+        daemon.stop()
+        state.write_bytes(bad)
+        daemon.start()
+        assert sorted(e["ifname"] for e in daemon.show()) == expected
+    record("faults injected: corrupt state file", 4)
+
+
+def test_disk_full_while_saving(lab: Lab, tmp_path: Path, containers: Containers) -> None:
+    # A daemon of its own whose state dir is a tiny tmpfs this test fills.
+    del containers
+    proc = DaemonProcess(lab.host, tmp_path / "full")
+    (tmp_path / "full").mkdir()
+    proc.state_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(proc.state_dir)],
+                   check=True)  # fmt: skip
+    try:
+        proc.start()
+        c = Containers(lab, proc)
+        c.add("c1", "vepa")
+        state = proc.state_dir / "state.json"
+        # The daemon saves again when it sees c1's netdev go up: wait for that.
+        assert wait_until(lambda: json.loads(state.read_text())["endpoints"][0]["up"] is True)
+        saved = state.read_bytes()
+        with Monitor(proc) as monitor:
+            filler = proc.state_dir / "filler"
+            try:
+                with open(filler, "wb") as f:
+                    while True:
+                        f.write(b"\0" * 4096)
+                        f.flush()
+            except OSError:
+                pass  # ENOSPC: full
+            c.add("c2", "bridge")  # the change is live
+            event = monitor.wait_event(lambda e: e.get("event") == "state.error")
+        assert "No space" in event["message"] or "space" in event["message"], event
+        assert state.read_bytes() == saved  # the previous file intact
+        assert "cannot save state" in proc.log()
+        assert c.ping("c1", "c2") and c.ping("c2", "ext")
+        filler.unlink()
+        proc.cli("link", "set", "c2", "mtu", "1400")  # space again: the next change is saved
+        names = [e["name"] for e in json.loads(state.read_text())["endpoints"]]
+        assert sorted(names) == ["c1", "c2"]
+        assert proc.proc is not None and proc.proc.poll() is None
+    finally:
+        proc.cleanup()
+        subprocess.run(["umount", "-l", str(proc.state_dir)], check=False)
+        print(proc.log())
+    record("faults injected: disk full while saving")
+
+
+def test_vm_clients_killed_mid_transfer_and_restarted(lab: Lab, daemon: DaemonProcess) -> None:
+    """Stand-in for a VM SIGKILLed mid-transfer: stream and dgram client processes."""
+    sockdir = public_dir()
+    add_vm(daemon, "vs", "stream", sockdir / "vs.sock")
+    add_vm(daemon, "vd", "dgram", sockdir / "vd.sock")
+    macs = {"vs": mac_of(daemon, "vs"), "vd": mac_of(daemon, "vd")}
+    blaster = (
+        "import socket,struct,sys,time\n"
+        "kind,path,local,dst,src=sys.argv[1:6]\n"
+        "f=bytes.fromhex(dst)+bytes.fromhex(src)+b'\\x88\\xb5'+bytes(1000)\n"
+        "if kind=='stream':\n"
+        "    s=socket.socket(socket.AF_UNIX,socket.SOCK_STREAM);s.connect(path)\n"
+        "    send=lambda: s.sendall(struct.pack('>I',len(f))+f)\n"
+        "else:\n"
+        "    s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM);s.bind(local)\n"
+        "    send=lambda: s.sendto(f,path)\n"
+        "print('go',flush=True)\n"
+        "while True:\n"
+        "    send()\n"
+    )
+    ext = lab.ext_socket()
+    try:
+        for name, kind in (("vs", "stream"), ("vd", "dgram")):
+            local = sockdir / f"{name}-vm.sock"
+            proc = subprocess.Popen(
+                [sys.executable, "-c", blaster, kind, str(sockdir / f"{name}.sock"), str(local),
+                 lab.ext_mac.hex(), macs[name].hex()],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+                time.sleep(0.5)
+                proc.kill()  # mid-transfer, possibly mid-frame
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert stats(daemon, name)["stats64"]["tx"]["packets"] > 0
+            time.sleep(0.3)
+            ext.flush()
+            # The "VM" comes back: traffic resumes both ways.
+            if kind == "stream":
+                assert wait_until(lambda: _try_stream(sockdir / "vs.sock"), 5)
+                vm: StreamVM | DgramVM = StreamVM(sockdir / "vs.sock")
+            else:
+                local.unlink()
+                vm = DgramVM(local, sockdir / "vd.sock")
+            try:
+                vm.send(frame(lab.ext_mac, macs[name], b"back " + name.encode()))
+                assert wait_until(
+                    lambda n=name: any(b"back " + n.encode() in c.data for c in ext.read_all()), 3
+                )
+                ext.send(frame(macs[name], lab.ext_mac, b"hello " + name.encode()))
+                assert vm.wait_for(lambda f, n=name: b"hello " + n.encode() in f)
+            finally:
+                vm.close()
+            record("faults injected: VM client SIGKILLed mid-transfer")
+    finally:
+        ext.close()
+
+
+def stats(daemon: DaemonProcess, name: str) -> dict[str, object]:
+    entry: dict[str, object] = daemon.show(name, stats=True)
+    return entry
+
+
+def _try_stream(path: Path) -> bool:
+    try:
+        vm = StreamVM(path, timeout=0.3)
+    except OSError:
+        return False
+    try:
+        try:
+            return vm.sock.recv(1) != b""
+        except TimeoutError:
+            return True
+    finally:
+        vm.close()
