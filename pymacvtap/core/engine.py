@@ -160,6 +160,7 @@ class Engine:
             rx_queue_len=rx_queue_len,
         )
         port.endpoints[name] = ep
+        port.macs[mac] = ep
         self.endpoints[name] = ep
         if mode is Mode.PASSTHRU:
             port.passthru = ep
@@ -175,6 +176,8 @@ class Engine:
             self.set_up(name, False)
         self._set_sources(ep, set())
         del port.endpoints[name]
+        if port.macs.get(ep.mac) is ep:
+            del port.macs[ep.mac]
         del self.endpoints[name]
         port.ready.pop(ep, None)
         if port.passthru is ep:
@@ -338,7 +341,7 @@ class Engine:
     def _unused_random_mac(self, port: Port) -> bytes:
         while True:
             mac = random_local_unicast(self._entropy)
-            if mac != port.mac and all(ep.mac != mac for ep in port.endpoints.values()):
+            if mac != port.mac and mac not in port.macs:
                 return mac
 
     def _check_free(self, port: Port, name: str, mac: bytes) -> None:
@@ -351,12 +354,12 @@ class Engine:
             raise EngineError(
                 "EADDRINUSE", f"{name}: address {format_mac(mac)}: in use by lower {port.name}"
             )
-        for other in port.endpoints.values():
-            if other.mac == mac and other.name != name:
-                raise EngineError(
-                    "EADDRINUSE",
-                    f"{name}: address {format_mac(mac)}: already in use by {other.name}",
-                )
+        other = port.macs.get(mac)
+        if other is not None and other.name != name:
+            raise EngineError(
+                "EADDRINUSE",
+                f"{name}: address {format_mac(mac)}: already in use by {other.name}",
+            )
 
     @staticmethod
     def _check_mtu(port: Port, name: str, mtu: int) -> None:
@@ -373,6 +376,9 @@ class Engine:
         if ep.up:
             del port.by_mac[ep.mac]
             port.by_mac[mac] = ep
+        if port.macs.get(ep.mac) is ep:
+            del port.macs[ep.mac]
+        port.macs[mac] = ep
         ep.mac = mac
 
     def _sync_groups(self, ep: Endpoint, delta: int) -> None:

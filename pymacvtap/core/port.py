@@ -42,6 +42,7 @@ class Port:
         "endpoints",
         "groups",
         "mac",
+        "macs",
         "mtu",
         "name",
         "passthru",
@@ -62,6 +63,8 @@ class Port:
         self.endpoints: dict[str, Endpoint] = {}
         # Endpoints that are UP, by MAC: the kernel's vlan_hash holds only these.
         self.by_mac: dict[bytes, Endpoint] = {}
+        # Every endpoint by MAC, up or down: the uniqueness check of SPEC 2.3 in O(1).
+        self.macs: dict[bytes, Endpoint] = {}
         # Allowed source MAC -> source-mode endpoints listing it (vlan_source_hash).
         self.sources: dict[bytes, list[Endpoint]] = {}
         # The single passthru endpoint, when the lower is in passthru mode.

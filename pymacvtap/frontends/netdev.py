@@ -54,6 +54,10 @@ class NetdevFrontend:
             raise
         return frontend
 
+    def set_carrier(self, on: bool) -> None:
+        """Carrier follows the lower, as a kernel macvlan's does."""
+        self.tap.set_carrier(on)
+
     def readable_fds(self) -> list[int]:
         return [self.tap.fileno(0)]
 

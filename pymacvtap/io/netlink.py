@@ -84,6 +84,14 @@ class LinkEvent:
     mtu: int | None = None
     mac: bytes | None = None
     operstate: str | None = None
+    flags: int | None = None  # IFF_* (allmulti and promisc changes come only as events)
+
+    @property
+    def allmulti(self) -> bool | None:
+        """IFF_ALLMULTI or IFF_PROMISC: the device takes every multicast group."""
+        if self.flags is None:
+            return None
+        return bool(self.flags & (IFF_ALLMULTI | IFF_PROMISC))
 
 
 def _mac_bytes(text: str | None) -> bytes:
@@ -355,4 +363,5 @@ def _link_event(msg: Any) -> LinkEvent:
         mtu=None if mtu is None else int(mtu),
         mac=None if address is None else _mac_bytes(address),
         operstate=msg.get("operstate"),
+        flags=int(msg["flags"]),
     )

@@ -35,6 +35,7 @@ _SELF_NS = "/proc/thread-self/ns/net"
 # linux/if_tun.h: _IOW('T', n, int) = 0x400454nn, _IOR('T', n, unsigned int) = 0x800454nn
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
+TUNSETCARRIER = 0x400454E2  # _IOW('T', 226, int), Linux 5.0
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
 TUNGETFEATURES = 0x800454CF
@@ -180,6 +181,10 @@ class Tap:
             raise ValueError(f"tap {self.ifname} is not multi-queue")
         self._open_queue()
         return len(self._fds) - 1
+
+    def set_carrier(self, on: bool) -> None:
+        """The netdev's carrier, as the container sees it (LOWER_UP / NO-CARRIER)."""
+        fcntl.ioctl(self._fds[0], TUNSETCARRIER, struct.pack("i", 1 if on else 0))
 
     def set_persist(self, persist: bool) -> None:
         """Persistent taps outlive their fds (and the daemon): SPEC 5 restarts."""

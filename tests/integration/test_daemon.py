@@ -202,6 +202,24 @@ def test_plain_ip_link_set_is_followed(daemon: DaemonProcess, containers: Contai
     assert "UP" not in ip_json(ns, "link", "show", "eth0")[0]["flags"]
 
 
+def test_carrier_follows_the_lower(lab: Lab, daemon: DaemonProcess, containers: Containers) -> None:
+    ns = containers.add("c1", "vepa")
+
+    def flags() -> list[str]:
+        return list(ip_json(ns, "link", "show", "eth0")[0]["flags"])
+
+    assert "LOWER_UP" in flags()
+    ip(lab.host, "link", "set", "low0", "down")
+    assert wait_until(lambda: "NO-CARRIER" in flags())
+    assert wait_until(lambda: daemon.show("c1")["operstate"] == "LOWERLAYERDOWN")
+    containers.add("c2", "vepa")  # born while the lower has no carrier
+    assert "NO-CARRIER" in ip_json(containers.netns["c2"], "link", "show", "eth0")[0]["flags"]
+    ip(lab.host, "link", "set", "low0", "up")
+    assert wait_until(lambda: "LOWER_UP" in flags() and "NO-CARRIER" not in flags())
+    assert wait_until(lambda: daemon.show("c1")["operstate"] == "UP")
+    assert containers.ping("c1", "c2")
+
+
 def test_failed_link_add_leaves_nothing_behind(
     lab: Lab, daemon: DaemonProcess, containers: Containers
 ) -> None:
