@@ -1,0 +1,118 @@
+"""Micro-benchmark of PacketLower's per-frame cost (not a test: run it by hand, as root).
+
+``.venv/bin/python tests/io/bench_afpacket.py [--rounds N] [--frames K]``
+
+A veth pair in two fresh namespaces; the peer injects K 64-byte frames (untimed), then
+``recv_batch(64)`` drains them (timed); and ``send``/``send_batch`` of K 64-byte frames
+(timed).  Prints nanoseconds per frame, best and median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import socket
+import statistics
+import subprocess
+import time
+from collections import deque
+
+from pymacvtap.core.frame import Frame
+from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.netns import entered
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--frames", type=int, default=2000)
+    ap.add_argument("--no-vlan", action="store_true", help="restore_vlan=False")
+    ap.add_argument("--ring", type=int, default=None, help="ring version (0: recvmsg)")
+    args = ap.parse_args()
+    ns_a, ns_b = "pmvt-mb-" + secrets.token_hex(3), "pmvt-mb-" + secrets.token_hex(3)
+    for ns in (ns_a, ns_b):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", "va", "netns", ns_a, "type", "veth", "peer", "name", "vb",
+           "netns", ns_b)  # fmt: skip
+        sh("ip", "-n", ns_a, "link", "set", "va", "up")
+        sh("ip", "-n", ns_b, "link", "set", "vb", "up")
+        kw: dict[str, object] = {"restore_vlan": not args.no_vlan}
+        if args.ring is not None:
+            kw["ring"] = args.ring
+        with entered(ns_b):
+            try:
+                lower = PacketLower("vb", **kw)  # type: ignore[arg-type]
+            except TypeError:
+                kw.pop("ring", None)
+                lower = PacketLower("vb", **kw)  # type: ignore[arg-type]
+        with entered(ns_a):
+            inj = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            inj.bind(("va", 0))
+            sink = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+            sink.bind(("va", 3))
+            sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        frame = b"\xff" * 6 + b"\x02\x00\x00\x00\xaa\x01" + b"\x88\xb5" + b"\x00" * 46
+        rx: list[float] = []
+        tx: list[float] = []
+        k = args.frames
+        print(f"mode: {getattr(lower, 'mode', 'recvmsg')}, restore_vlan={not args.no_vlan}")
+        for _ in range(args.rounds):
+            lower.recv_batch(100_000)
+            for i in range(0, k, 250):
+                for _ in range(min(250, k - i)):
+                    inj.send(frame)
+                time.sleep(0.002)
+            time.sleep(0.02)
+            got = 0
+            t0 = time.perf_counter()
+            while got < k:
+                n = len(lower.recv_batch(64))
+                if not n:
+                    break
+                got += n
+            t1 = time.perf_counter()
+            if got < k * 0.9:
+                print(f"  only {got}/{k} frames received")
+            rx.append((t1 - t0) / max(got, 1) * 1e9)
+            frames = [Frame(frame) for _ in range(k)]
+            send_batch = getattr(lower, "send_batch", None)
+            t0 = time.perf_counter()
+            if send_batch is not None:
+                queue = deque(frames)
+                while queue:
+                    n, _ = send_batch(queue, 64)
+                    if n == 0:
+                        break
+                sent = k - len(queue)
+            else:
+                sent = 0
+                for f in frames:
+                    if not lower.send(f):
+                        break
+                    sent += 1
+            t1 = time.perf_counter()
+            tx.append((t1 - t0) / max(sent, 1) * 1e9)
+            time.sleep(0.01)
+            try:
+                while sink.recv(2048, socket.MSG_DONTWAIT):
+                    pass
+            except BlockingIOError:
+                pass
+        print(f"rx recv_batch(64): best {min(rx):.0f} ns/frame, median {statistics.median(rx):.0f}")
+        print(
+            f"tx {'send_batch' if hasattr(lower, 'send_batch') else 'send'}: "
+            f"best {min(tx):.0f} ns/frame, median {statistics.median(tx):.0f}"
+        )
+        lower.close()
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+if __name__ == "__main__":
+    main()
