@@ -117,6 +117,10 @@ RX_BUFFER_SIZE = VNET_HDR_LEN + 65536 + 1024
 DEFAULT_RCVBUF = 8 << 20
 DEFAULT_SNDBUF = 4 << 20
 _ZERO_VNET = bytes(VNET_HDR_LEN)
+# A received header whose only content is DATA_VALID (flags bit 2: "checksum
+# already verified") is treated as no header: the receiver then verifies the
+# checksum itself, which costs it less than a VnetHeader object per frame
+# costs us.  NEEDS_CSUM (bit 1) and any GSO type are always kept.
 _ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
 
 # One receive buffer for every lower: the daemon reads one socket at a time.
@@ -367,7 +371,7 @@ class PacketLower:
                 start = off + mac
                 vnet = (
                     VnetHeader(*_vnet_from(ring, start - 10))
-                    if ring[start - 10] or ring[start - 9]
+                    if ring[start - 10] & 1 or ring[start - 9]
                     else None
                 )
                 if status & TP_STATUS_VLAN_VALID and restore:
@@ -418,7 +422,7 @@ class PacketLower:
                     start = pos + mac
                     vnet = (
                         VnetHeader(*_vnet_from(ring, start - 10))
-                        if ring[start - 10] or ring[start - 9]
+                        if ring[start - 10] & 1 or ring[start - 9]
                         else None
                     )
                     if status & TP_STATUS_VLAN_VALID and restore:
@@ -471,7 +475,7 @@ class PacketLower:
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = VnetHeader.unpack(buf) if (buf[0] or buf[1]) else None
+            vnet = VnetHeader.unpack(buf) if (buf[0] & 1 or buf[1]) else None
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
 
@@ -497,7 +501,7 @@ class PacketLower:
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = VnetHeader.unpack(buf) if (buf[0] or buf[1]) else None
+            vnet = VnetHeader.unpack(buf) if (buf[0] & 1 or buf[1]) else None
             # PACKET_AUXDATA comes with every frame: tp_status first, VLAN_VALID in byte 0.
             if anc and anc[0][2][0] & TP_STATUS_VLAN_VALID:
                 tag = _stripped_vlan(anc)
