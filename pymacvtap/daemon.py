@@ -705,11 +705,11 @@ class Daemon:
         """
         taps = [rt for rt in self.endpoints.values() if rt.cfg.frontend == "tap" and rt.ep.up]
         ticks = max(1, -(-len(taps) // GROUP_POLL_SLICE))
-        if taps:
-            start = self._group_cursor % len(taps)
-            for rt in taps[start : start + GROUP_POLL_SLICE]:
-                self._sync_groups(rt)
-            self._group_cursor = start + GROUP_POLL_SLICE
+        count = min(len(taps), GROUP_POLL_SLICE)
+        start = self._group_cursor % len(taps) if taps else 0
+        for i in range(count):
+            self._sync_groups(taps[(start + i) % len(taps)])
+        self._group_cursor = start + count
         self.loop.call_later(GROUP_POLL_SECONDS / ticks, self._poll_groups)
 
     def _poll_namespaces(self) -> None:
