@@ -138,7 +138,11 @@ class EndpointConfig:
     # -- (de)serialisation ---------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: its deep copy made saving 1,000 endpoints cost
+        # 13 ms of every link add; the one mutable field is copied by hand.
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data["macaddrs"] = list(self.macaddrs)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointConfig:
@@ -156,6 +160,7 @@ class EndpointConfig:
         return cls(**data)
 
 
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(EndpointConfig))
 _STR = {"name", "link", "type", "mode", "frontend"}
 _OPT_STR = {"address", "netns", "ifname", "path", "peer"}
 _OPT_INT = {"owner", "group", "mtu"}
