@@ -63,6 +63,9 @@ BROADCAST_BUDGET = 256  # flood copies settled per breath, so unicast is not sta
 GROUP_POLL_SECONDS = 1.0  # how often container multicast lists are re-read
 GROUP_POLL_SLICE = 32  # endpoints re-read per tick at most
 NETNS_POLL_SECONDS = 2.0
+# After traffic, keep polling without sleeping this long (µs): a wake-up costs
+# more than the frames of a conversation are apart (see README, Performance).
+BUSY_POLL_US = "0"
 
 
 class LowerRuntime:
@@ -838,6 +841,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"pymacvtap: daemon: group {args.admin_group}: no such group", file=sys.stderr)
             return 1
     loop = Loop()
+    loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
     daemon = Daemon(loop, StateStore(args.state_dir or DEFAULT_STATE_DIR, log.warning))
     try:
         server = ControlServer(loop, socket_path, daemon, admin_gid, log)

@@ -52,6 +52,8 @@ class Loop:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._registered: set[int] = set()
+        # Seconds to keep polling without sleeping after activity (0: never spin).
+        self.spin = 0.0
 
     # -- fds -------------------------------------------------------------------
 
@@ -153,16 +155,26 @@ class Loop:
         writers = self._writers
         timers = self._timers
         more = False
+        spin = self.spin
+        monotonic = time.monotonic
+        busy_until = 0.0
         while self._running:
             timeout = -1.0
             if more:
                 timeout = 0.0
             elif timers:
-                timeout = max(0.0, timers[0][0] - self.time())
+                timeout = max(0.0, timers[0][0] - monotonic())
+            if spin and timeout != 0.0 and monotonic() < busy_until:
+                # Traffic just flowed: poll without sleeping for a moment, since
+                # the next frame of a conversation usually follows within
+                # microseconds and a sleep/wake-up costs tens of them.
+                timeout = 0.0
             try:
                 events = epoll.poll(timeout)
             except InterruptedError:
                 events = []
+            if spin and events:
+                busy_until = monotonic() + spin
             try:
                 for fd, mask in events:
                     if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
