@@ -14,9 +14,6 @@ reflected by the hairpin port instead of being flooded to every port.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,38 +40,15 @@ def new_lab() -> Lab:
 class BenchDaemon(DaemonProcess):
     """The lab's daemon, optionally under ``python -m cProfile -o PROFILE``.
 
-    Only ``start`` differs from :class:`DaemonProcess` (it builds the interpreter's
-    arguments); SIGTERM (``stop``) makes the daemon return from main, and cProfile then
+    SIGTERM (``stop``) makes the daemon return from main, and cProfile then
     writes the profile.
     """
 
     def __init__(self, netns: str, workdir: Path, *, profile: Path | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(netns, workdir)
+        interpreter = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+        super().__init__(netns, workdir, interpreter=interpreter)
         self.profile = profile
-
-    def argv(self) -> list[str]:
-        python = [sys.executable]
-        if self.profile is not None:
-            python += ["-m", "cProfile", "-o", str(self.profile)]
-        return [
-            "ip", "netns", "exec", self.netns, *python, "-m", "pymacvtap", "daemon",
-            "--socket", str(self.socket), "--state-dir", str(self.state_dir),
-        ]  # fmt: skip
-
-    def start(self, timeout: float = 15.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            if self.socket.exists() and self._answers():
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
 
     def stop(self, timeout: float = 60.0) -> int | None:
         # Writing a profile of a long run takes a moment.

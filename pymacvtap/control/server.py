@@ -324,31 +324,13 @@ class ControlServer:
                     if auth.may_see(caller, e.get("owner"), e.get("group"), self.admin_gid)
                 ]
             if not admin:
-                owner, group = self.service.endpoint_access(name)
-                auth.authorize(
-                    caller,
-                    verb,
-                    owner,
-                    group,
-                    self.admin_gid,
-                    name=name,
-                    admin_group=self.admin_group,
-                )
+                self._authorize_endpoint(caller, verb, name)
             return self.service.link_show(name, stats)
         if verb in ("attach", "capture"):
             # The endpoint's VM port or its frames: for its owner/group (and admins).
             assert name is not None
             if not admin:
-                owner, group = self.service.endpoint_access(name)
-                auth.authorize(
-                    caller,
-                    verb,
-                    owner,
-                    group,
-                    self.admin_gid,
-                    name=name,
-                    admin_group=self.admin_group,
-                )
+                self._authorize_endpoint(caller, verb, name)
             if verb == "capture":
                 return self._subscribe(
                     conn, req, lambda cb: self.service.capture(name, cb), "capturing"
@@ -366,6 +348,13 @@ class ControlServer:
             self.service.link_del(name)
             return None
         return self._subscribe(conn, req, self.service.subscribe, "monitoring")
+
+    def _authorize_endpoint(self, caller: auth.Caller, verb: str, name: str) -> None:
+        """A non-admin may act on an endpoint only as its owner or group member."""
+        owner, group = self.service.endpoint_access(name)
+        auth.authorize(
+            caller, verb, owner, group, self.admin_gid, name=name, admin_group=self.admin_group
+        )
 
     def _subscribe(
         self,

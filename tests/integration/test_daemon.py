@@ -19,20 +19,10 @@ from pathlib import Path
 
 from tests.integration.conftest import LOWER_MAC, Containers
 from tests.lab import Lab, PacketSocket, ip, ip_json
-from tests.lab.daemon import DaemonProcess
+from tests.lab.daemon import DaemonProcess, wait_until
 from tests.lab.users import temporary_user
 
 ETH_P_TEST = 0x88B5
-
-
-def wait_until(predicate: object, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def frame(dst: bytes, src: bytes, payload: bytes) -> bytes:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def as_user_argv(uid: int, gid: int, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
 
 
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
 class CliError(RuntimeError):
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         super().__init__(f"pymacvtap {' '.join(argv)}: exit {returncode}: {stderr.strip()}")
@@ -55,8 +66,20 @@ class CliError(RuntimeError):
 class DaemonProcess:
     """One daemon; ``cli()`` runs the CLI against its socket."""
 
-    def __init__(self, netns: str, workdir: Path, *, admin_group: str | None = None) -> None:
+    def __init__(
+        self,
+        netns: str,
+        workdir: Path,
+        *,
+        admin_group: str | None = None,
+        extra_args: Sequence[str] = (),
+        interpreter: Sequence[str] = (),
+    ) -> None:
+        """``extra_args`` go to ``pymacvtap daemon`` (``--metrics ...``); ``interpreter``
+        options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``)."""
         self.netns = netns
+        self.extra_args = list(extra_args)
+        self.interpreter = list(interpreter)
         self.workdir = workdir
         # The socket lives in a directory every user may traverse (the test's
         # own tmp dir is 0700) so that refusals come from the daemon, by
@@ -74,11 +97,12 @@ class DaemonProcess:
     def start(self, timeout: float = 15.0) -> None:
         argv = [
             "ip", "netns", "exec", self.netns,
-            sys.executable, "-m", "pymacvtap", "daemon",
+            sys.executable, *self.interpreter, "-m", "pymacvtap", "daemon",
             "--socket", str(self.socket), "--state-dir", str(self.state_dir),
         ]  # fmt: skip
         if self.admin_group:
             argv += ["--admin-group", self.admin_group]
+        argv += self.extra_args
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.lab import Lab
-from tests.lab.daemon import DaemonProcess
+from tests.lab.daemon import DaemonProcess, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SUBNET = "10.97.0"
@@ -20,38 +18,11 @@ EXT_IP = f"{SUBNET}.100"
 LOWER_MAC = bytes.fromhex("020000000c01")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
-
-
 class OpsDaemon(DaemonProcess):
     """A DaemonProcess taking extra daemon options (``--metrics``)."""
 
     def __init__(self, netns: str, workdir: Path, extra: tuple[str, ...] = ()) -> None:
-        super().__init__(netns, workdir)
-        self.extra = extra
-
-    def start(self, timeout: float = 15.0) -> None:
-        argv = [
-            "ip", "netns", "exec", self.netns,
-            sys.executable, "-m", "pymacvtap", "daemon",
-            "--socket", str(self.socket), "--state-dir", str(self.state_dir), *self.extra,
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not (self.socket.exists() and self._answers()):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
+        super().__init__(netns, workdir, extra_args=extra)
 
 
 @pytest.fixture

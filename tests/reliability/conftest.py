@@ -9,30 +9,20 @@ this conftest) and printed at the end of the run, for SECURITY.md.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import SUBNET, Containers
 from tests.lab import Lab
-from tests.lab.daemon import DaemonProcess
+from tests.lab.daemon import DaemonProcess, wait_until
 from tests.reliability.helpers import FIGURES, record
 
 __all__ = ["FIGURES", "SCALE", "record", "rss_kib", "wait_until"]
 
 SCALE = max(1, int(os.environ.get("PYMACVTAP_FUZZ_SCALE", "1")))
 LOWER_MAC = bytes.fromhex("020000000c01")
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def rss_kib(pid: int) -> int:
