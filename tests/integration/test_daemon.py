@@ -192,6 +192,22 @@ def test_plain_ip_link_set_is_followed(daemon: DaemonProcess, containers: Contai
     assert "UP" not in ip_json(ns, "link", "show", "eth0")[0]["flags"]
 
 
+def test_mtu_is_bounded_by_the_lower_and_clamped_when_it_shrinks(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    ns = containers.add("c1", "vepa")
+    too_big = daemon.run_cli("link", "set", "c1", "mtu", "1600")
+    assert too_big.returncode == 1
+    assert "mtu 1600" in too_big.stderr and "low0" in too_big.stderr
+    ip(lab.host, "link", "set", "low0", "mtu", "1400")
+    assert wait_until(lambda: daemon.show("c1")["mtu"] == 1400)
+    assert wait_until(lambda: ip_json(ns, "link", "show", "eth0")[0]["mtu"] == 1400)
+    # Growing the lower again changes nothing, as with kernel macvlan.
+    ip(lab.host, "link", "set", "low0", "mtu", "1500")
+    time.sleep(0.5)
+    assert daemon.show("c1")["mtu"] == 1400
+
+
 def test_carrier_follows_the_lower(lab: Lab, daemon: DaemonProcess, containers: Containers) -> None:
     ns = containers.add("c1", "vepa")
 
