@@ -167,8 +167,8 @@ class Daemon:
                 key = (cfg.netns, cfg.netdev_name)
                 self._netdevs[key] = rt
                 undo.append(lambda: self._netdevs.pop(key, None))
-            self._add_unicast(lower, ep.mac)
-            undo.append(lambda: lower.sock.del_unicast(ep.mac))
+            self._listen_for(lower, rt)
+            undo.append(lambda: self._stop_listening(lower, ep.mode, ep.mac))
             self._follow_netdev(rt, initial=True, restoring=restoring)
             if not restoring:
                 self._save(where)
@@ -503,11 +503,25 @@ class Daemon:
         if name in self.engine.ports:
             self.engine.remove_lower(name)
 
-    def _add_unicast(self, lower: LowerRuntime, mac: bytes) -> None:
-        if lower.port.passthru is not None:
-            lower.sock.set_promisc(True)
+    @staticmethod
+    def _listen_for(lower: LowerRuntime, rt: EndpointRuntime) -> None:
+        """Make the lower hear the endpoint, as macvlan_open does.
+
+        A MAC goes into the lower's unicast filter; a passthru endpoint makes
+        the lower promiscuous instead, unless ``nopromisc``.
+        """
+        if rt.ep.mode is Mode.PASSTHRU:
+            lower.sock.set_promisc(not rt.cfg.nopromisc)
         else:
-            lower.sock.add_unicast(mac)
+            lower.sock.add_unicast(rt.ep.mac)
+
+    @staticmethod
+    def _stop_listening(lower: LowerRuntime, mode: Mode, mac: bytes) -> None:
+        with contextlib.suppress(OSError):
+            if mode is Mode.PASSTHRU:
+                lower.sock.set_promisc(False)
+            else:
+                lower.sock.del_unicast(mac)
 
     def _lower_event(self, ev: netlink.LinkEvent) -> None:
         lower = self.lowers.get(ev.ifname)
@@ -558,19 +572,25 @@ class Daemon:
         if not up:
             rt.ep.rx_queue.clear()
 
-    def _set_address(self, rt: EndpointRuntime, mac: bytes) -> None:
+    def _set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
+        """A new MAC for the endpoint (``netdev_has_it``: set on its netdev with ip already)."""
+        cfg = rt.cfg
         old = rt.ep.mac
-        self.engine.set_mac(rt.cfg.name, mac)
-        lower = self.lowers[rt.cfg.link]
+        self.engine.set_mac(cfg.name, mac)
+        lower = self.lowers[cfg.link]
         try:
-            netlink.set_link(rt.cfg.netdev_name, rt.cfg.netns, address=format_mac(mac))
+            if rt.ep.mode is Mode.PASSTHRU:
+                # As in the kernel, a passthru endpoint's address is the lower's.
+                netlink.set_link(cfg.link, None, address=format_mac(mac))
+            if cfg.frontend == "tap" and not netdev_has_it:
+                netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(mac))
         except OSError:
-            self.engine.set_mac(rt.cfg.name, old)
+            self.engine.set_mac(cfg.name, old)
             raise
-        if lower.port.passthru is None:
+        if rt.ep.mode is not Mode.PASSTHRU:
             lower.sock.add_unicast(mac)
             lower.sock.del_unicast(old)
-        rt.cfg.address = format_mac(mac)
+        cfg.address = format_mac(mac)
 
     def _follow_netdev(self, rt: EndpointRuntime, *, initial: bool, restoring: bool) -> None:
         """Bring the engine in line with the endpoint (admin state, multicast groups).
@@ -634,15 +654,10 @@ class Daemon:
                 netlink.set_link(cfg.netdev_name, cfg.netns, mtu=rt.ep.mtu)
         if ev.mac is not None and ev.mac != rt.ep.mac:
             try:
-                old = rt.ep.mac
-                self.engine.set_mac(cfg.name, ev.mac)
-                lower = self.lowers[cfg.link]
-                lower.sock.add_unicast(ev.mac)
-                lower.sock.del_unicast(old)
-                cfg.address = format_mac(ev.mac)
+                self._set_address(rt, ev.mac, netdev_has_it=True)
                 changed = True
-            except EngineError as exc:
-                log.warning("%s: %s; restoring the address", cfg.name, exc.message)
+            except (EngineError, OSError) as exc:
+                log.warning("%s: %s; restoring the address", cfg.name, exc)
                 netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(rt.ep.mac))
         if changed:
             self._save(f"netdev {cfg.netdev_name} changed")
@@ -656,14 +671,13 @@ class Daemon:
         except OSError as exc:
             log.warning("%s: closing the frontend: %s", cfg.name, exc)
         lower = self.lowers.get(cfg.link)
-        mac = rt.ep.mac
+        mac, mode = rt.ep.mac, rt.ep.mode
         self.engine.remove_endpoint(cfg.name)
         del self.endpoints[cfg.name]
         if self._netdevs.get((cfg.netns, cfg.netdev_name)) is rt:
             del self._netdevs[(cfg.netns, cfg.netdev_name)]
         if lower is not None:
-            with contextlib.suppress(OSError):
-                lower.sock.del_unicast(mac)
+            self._stop_listening(lower, mode, mac)
             if not lower.port.endpoints:
                 self._release_lower(cfg.link)
         log.info("%s: removed: %s", cfg.name, reason)

@@ -208,6 +208,42 @@ def test_mtu_is_bounded_by_the_lower_and_clamped_when_it_shrinks(
     assert daemon.show("c1")["mtu"] == 1400
 
 
+def test_passthru_takes_the_lower_over(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    def lower_promiscuity() -> int:
+        return int(ip_json(lab.host, "-d", "link", "show", "low0")[0]["promiscuity"])
+
+    ns = containers.add("p1", "passthru")
+    entry = daemon.show("p1")
+    assert entry["address"] == LOWER_MAC.hex(":")  # the lower's own address
+    assert lower_promiscuity() >= 1
+    # Every unicast frame the lower gets is the passthru endpoint's.
+    with PacketSocket(ns, "eth0") as s, lab.ext_socket() as ext:
+        s.flush()
+        ext.send(frame(bytes.fromhex("02aabbccddee"), lab.ext_mac, b"to-anyone"))
+        time.sleep(0.3)
+        assert any(b"to-anyone" in c.data for c in s.read_all() if not c.outgoing)
+    assert containers.ping("p1", "ext")
+    # Setting its address sets the lower's, as in the kernel.
+    daemon.cli("link", "set", "p1", "address", "02:00:00:00:0b:99")
+    assert ip_json(lab.host, "link", "show", "low0")[0]["address"] == "02:00:00:00:0b:99"
+    assert ip_json(ns, "link", "show", "eth0")[0]["address"] == "02:00:00:00:0b:99"
+    refused = daemon.run_cli("link", "add", "link", "low0", "name", "x2", "type", "macvlan")
+    assert refused.returncode == 1 and "passthru" in refused.stderr
+    daemon.cli("link", "del", "p1")
+    assert lower_promiscuity() == 0
+
+
+def test_passthru_nopromisc_leaves_the_lower_alone(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("p1", "passthru", extra=("nopromisc",))
+    promiscuity = int(ip_json(lab.host, "-d", "link", "show", "low0")[0]["promiscuity"])
+    assert promiscuity == 0
+    assert containers.ping("p1", "ext")
+
+
 def test_carrier_follows_the_lower(lab: Lab, daemon: DaemonProcess, containers: Containers) -> None:
     ns = containers.add("c1", "vepa")
 
