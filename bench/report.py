@@ -151,12 +151,61 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             ),
         ),
     ]
+
+    def capture_rows() -> None:
+        _, p = pair("capture")
+        if p is None:
+            return
+        off, on = (p, p) if "error" in p else (p.get("off"), p.get("on"))
+        key = "delivered_kpps"
+        plain = _ratio(_get(pair("udp64")[1], key), _get(off, key))
+        per = _ratio(_get(off, key), _get(on, key))
+        rows.append(
+            Row(
+                "64-byte UDP c1→c2, nobody capturing (kpps; ratio: ÷ udp64 row)",
+                "",
+                _cell(off, key, 1),
+                _fmt(plain) + "×" if plain else "",
+            )
+        )
+        rows.append(
+            Row(
+                "  `pymacvtap capture pc2 -w /dev/null` running (kpps; ratio: ÷ nobody capturing)",
+                "",
+                _cell(on, key, 1),
+                _fmt(per) + "×" if per else "",
+            )
+        )
+        for phase, label in ((off, "nobody capturing"), (on, "capturing")):
+            cpu = _fmt(_get(phase, "meter", "daemon_cpu_pct_of_core"), 0)
+            wait = _fmt(_get(phase, "meter", "daemon_runq_wait_pct"), 0)
+            text = f"  daemon CPU / waiting for a CPU, {label}, % of wall time"
+            rows.append(Row(text, "", f"{cpu} / {wait}"))
+        client = _fmt(_get(on, "capture_client_cpu_pct_of_core"), 0)
+        rows.append(Row("  capture client CPU (% of a core)", "", client))
+        prof = results.get("capture_profile")
+        if prof is None:
+            return
+        calls = _get(prof, "captured_calls")
+        batches = _fmt(_get(prof, "batches"))
+        rows.append(
+            Row(
+                f"  Daemon._captured calls, nobody capturing (cProfile, udp64, {batches} batches)",
+                "",
+                "error" if "error" in prof else _fmt(calls),
+                "",
+                "= 0",
+                _yes(None if calls is None else calls == 0),
+            )
+        )
+
     for name, add in specs:
         add()
         if name == "udp64" and name in tests:
             value_row("udp64", "  offered by iperf3 -b 0 (kpps)", "offered_kpps", 1, ratio=False)
             value_row("udp64", "  loss (%)", "loss_pct", 1, ratio=False)
         cpu_row(name)
+    capture_rows()
     rtt_rows("rtt_udp", "RTT c1↔c2 UDP ping-pong")
     rtt_rows("rtt_icmp", "RTT c1↔c2 ping -i 0.002")
     rows.extend(scale_rows(results.get("scale")))

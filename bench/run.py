@@ -4,6 +4,9 @@ One lab, two setups side by side (kernel macvlan VEPA and pymacvtap VEPA, both r
 a hairpin bridge port; see :mod:`bench.setups`), the same measurements on each, test by
 test, then the daemon's scale.  Prints one table and writes every raw number as JSON.
 
+``capture`` measures 64-byte UDP with and without ``pymacvtap capture`` on c2, then counts
+the calls to ``Daemon._captured`` in a short cProfile run of a daemon nobody captures on.
+
 ``--profile`` instead runs a pymacvtap daemon under cProfile for a TCP 1-stream and a
 64-byte UDP run (one daemon each) and prints the top functions by own time.
 """
@@ -11,6 +14,7 @@ test, then the daemon's scale.  Prints one table and writes every raw number as 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import io
 import json
@@ -28,9 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.lab import Lab
+
 from .measure import (
     ECHO_PORT,
     IPERF_PORT,
+    cpu_seconds,
     icmp_ping,
     metered,
     netns_argv,
@@ -54,7 +61,8 @@ BLAST_PPS = 20_000  # 1472-byte datagrams to the stalled container: ~236 Mbit/s
 BLAST_BYTES = 1472
 
 
-TEST_NAMES = ("tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_icmp", "stalled")
+TEST_NAMES = ("tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_icmp", "stalled", "capture")
+DAEMON_ONLY = ("capture",)  # tests that make sense for pymacvtap only
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,43 @@ def stalled_consumer(setup: Setup, servers: Servers, ext: str, duration: float) 
     return result
 
 
+def capture_cost(setup: Setup, duration: float, settle: float) -> dict[str, Any]:
+    """64-byte UDP c1→c2 with nobody capturing, then with ``capture c2 -w /dev/null`` running.
+
+    Each phase is metered on its own; ``capture_client_cpu_pct_of_core`` is the CLI's.
+    """
+    assert setup.daemon is not None
+    c1, c2 = setup.containers["c1"], setup.containers["c2"]
+    pid = setup.daemon.pid
+
+    def udp() -> dict[str, Any]:
+        return udp_small(c1.netns, c2.address, duration=duration)
+
+    out = {"off": measured(pid, udp)}
+    time.sleep(settle)
+    argv = [sys.executable, "-m", "pymacvtap", "--socket", str(setup.daemon.socket)]
+    capture = subprocess.Popen(
+        [*argv, "capture", f"p{c2.role}", "-w", "/dev/null"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # started and subscribed
+        cpu0 = cpu_seconds(capture.pid) if capture.poll() is None else 0.0
+        out["on"] = on = measured(pid, udp)
+        if capture.poll() is None and "meter" in on:
+            cpu = cpu_seconds(capture.pid) - cpu0
+            on["capture_client_cpu_pct_of_core"] = round(100.0 * cpu / on["meter"]["wall_s"], 1)
+    finally:
+        ran_through = capture.poll() is None
+        stop(capture)
+    if not ran_through:
+        assert capture.stderr is not None
+        out["on"] = {"error": f"capture exited early: {capture.stderr.read().decode().strip()}"}
+    return out
+
+
 def tests_for(cfg: Config, ext: str, servers: Servers) -> dict[str, Callable[[Setup], Any]]:
     d = cfg.duration
 
@@ -235,6 +280,7 @@ def tests_for(cfg: Config, ext: str, servers: Servers) -> dict[str, Callable[[Se
             c(s, "c1").netns, c(s, "c2").address, count=cfg.ping_count, interval=0.002
         ),
         "stalled": lambda s: stalled_consumer(s, servers, ext, d),
+        "capture": lambda s: capture_cost(s, d, cfg.settle),
     }
 
 
@@ -268,6 +314,8 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
                     continue
                 results["tests"][name] = {}
                 for kind in KINDS:
+                    if kind == "kernel" and name in DAEMON_ONLY:
+                        continue
                     setup = setups[kind]
                     progress(f"{name:8} {kind:9} ...")
                     r = measured(setup.daemon_pid, lambda fn=fn, s=setup: fn(s))
@@ -280,6 +328,13 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
             servers.close()
             daemon.cleanup()
             results["daemon_log_tail"] = daemon.log()[-2000:]
+        if only is None or "capture" in only:
+            progress("capture: udp64 against a fresh daemon under cProfile, nobody capturing")
+            try:
+                results["capture_profile"] = capture_profile(cfg, lab, workdir / "capture-profile")
+            except Exception as exc:
+                results["capture_profile"] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress(f"{'':8} {'':9} {results['capture_profile']}")
         if only is not None and "scale" not in only:
             return results
         progress(f"scale: a fresh daemon, {cfg.scale_endpoints} endpoints")
@@ -314,6 +369,8 @@ def _daemon_stats(daemon: BenchDaemon) -> Any:
 
 
 def _brief(r: dict[str, Any]) -> str:
+    if "off" in r and "on" in r:
+        return f"off: {_brief(r['off'])}; on: {_brief(r['on'])}"
     if "error" in r:
         return r["error"]
     parts = []
@@ -331,30 +388,38 @@ def _brief(r: dict[str, Any]) -> str:
 # -- profiling ----------------------------------------------------------------------------
 
 
+def profiled(
+    cfg: Config, lab: Lab, workdir: Path, name: str, prof: Path
+) -> tuple[dict[str, Any], BenchDaemon]:
+    """Test ``name`` against a fresh pymacvtap daemon under cProfile, which writes ``prof``."""
+    prof.unlink(missing_ok=True)
+    daemon = BenchDaemon(lab.host, workdir, profile=prof)
+    servers = Servers()
+    daemon.start()
+    setup = Setup("pymacvtap", lab, daemon)
+    try:
+        for role in ("c1", "c2", "c3"):
+            setup.add_container(role)
+        start_servers(setup, servers)
+        warm_up(setup, lab.ext)
+        progress(f"profile: {name} under cProfile ...")
+        fn = tests_for(cfg, lab.ext, servers)[name]
+        result = measured(daemon.pid, lambda: fn(setup))
+        progress(f"         {_brief(result)}")
+    finally:
+        servers.close()
+        setup.remove_containers()
+        daemon.cleanup()
+    return result, daemon
+
+
 def run_profile(cfg: Config, workdir: Path, top: int = 25) -> dict[str, Any]:
     out: dict[str, Any] = {"profiles": {}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     with new_lab() as lab:
         for name in ("tcp1", "udp64"):
             prof = RESULTS / f"profile-{name}.prof"
-            prof.unlink(missing_ok=True)
-            daemon = BenchDaemon(lab.host, workdir / f"profile-{name}", profile=prof)
-            servers = Servers()
-            daemon.start()
-            setup = Setup("pymacvtap", lab, daemon)
-            try:
-                for role in ("c1", "c2", "c3"):
-                    setup.add_container(role)
-                start_servers(setup, servers)
-                warm_up(setup, lab.ext)
-                progress(f"profile: {name} under cProfile ...")
-                fn = tests_for(cfg, lab.ext, servers)[name]
-                result = measured(daemon.pid, lambda fn=fn, s=setup: fn(s))
-                progress(f"         {_brief(result)}")
-            finally:
-                servers.close()
-                setup.remove_containers()
-                daemon.cleanup()
+            result, daemon = profiled(cfg, lab, workdir / f"profile-{name}", name, prof)
             text = io.StringIO()
             if prof.exists():
                 stats = pstats.Stats(str(prof), stream=text)
@@ -370,6 +435,29 @@ def run_profile(cfg: Config, workdir: Path, top: int = 25) -> dict[str, Any]:
                 "top_by_tottime": text.getvalue(),
             }
     return out
+
+
+def capture_profile(cfg: Config, lab: Lab, workdir: Path) -> dict[str, Any]:
+    """Calls to ``Daemon._captured`` while udp64 runs with nobody capturing (must be 0).
+
+    ``batches`` counts the data path's reader calls (the daemon's ``on_readable``
+    closures), to show that the profile saw the traffic.
+    """
+    prof = workdir / "udp64.prof"
+    short = dataclasses.replace(cfg, duration=min(cfg.duration, 3))
+    result, daemon = profiled(short, lab, workdir, "udp64", prof)
+    if not prof.exists():
+        return {"error": f"no profile written; daemon log tail: {daemon.log()[-500:]}"}
+    calls = {"_captured": 0, "on_readable": 0}
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    for (filename, _line, function), (_cc, ncalls, *_) in stats.items():
+        if filename.endswith("pymacvtap/daemon.py") and function in calls:
+            calls[function] += ncalls
+    return {
+        "captured_calls": calls["_captured"],
+        "batches": calls["on_readable"],
+        "delivered_kpps": result.get("delivered_kpps"),
+    }
 
 
 # -- main ---------------------------------------------------------------------------------
