@@ -40,7 +40,6 @@ counts none for these frames, and a frame refused at the socket reaches neither)
 from __future__ import annotations
 
 import contextlib
-import errno
 import secrets
 import time
 from collections.abc import Iterator
@@ -61,17 +60,14 @@ from tests.test_kernel_differential import (
     MAX_ATTEMPTS,
     PT,
     SCENARIOS,
-    STATS64,
     SWITCH_TABLE,
     KernelLab,
     Scenario,
     Seen,
-    build_frame,
+    inject,
     kernel_view,
     only_hash_collisions,
-    ours,
     run_kernel,
-    tally,
 )
 
 pytestmark = pytest.mark.root
@@ -206,33 +202,7 @@ def run_daemon(d: DaemonLab, sc: Scenario) -> list[Seen]:
             sockets[ep.name] = PacketSocket(d.netns[ep.name], IFNAME)
         wait_for_groups(d, sc, sockets)
         watch = {**sockets, **{f"wire:{n}": s for n, s in d.wires.items()}, "ext": d.ext}
-        for s in watch.values():
-            s.flush()
-        before = d.stats()
-        seen: list[Seen] = []
-        for tx in sc.frames:
-            frame = build_frame(tx, secrets.token_bytes(8))
-            out = d.ext if tx.sender == "ext" else sockets[tx.sender]
-            try:
-                out.send(frame)
-                accepted = True
-            except OSError as exc:
-                if exc.errno != errno.ENETDOWN:
-                    raise
-                accepted = False
-            got = drain(watch, quiet=DAEMON_QUIET, interesting=ours)
-            s = Seen(accepted)
-            for name, frames in got.items():
-                for data in frames:
-                    tally(name, data, frame, s.receivers)
-            after = d.stats()
-            for ep in sc.endpoints:
-                a, b = after[ep.name], before[ep.name]
-                s.counters[ep.name] = tuple(
-                    a[dd][c] - b[dd][c] for dd, c in (STATS64[name] for name in COUNTERS)
-                )
-            before = after
-            seen.append(s)
+        seen = inject(sc, sockets, d.ext, watch, d.stats, DAEMON_QUIET)
         return seen
     finally:
         for s in sockets.values():

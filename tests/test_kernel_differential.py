@@ -46,7 +46,7 @@ import errno
 import os
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -426,6 +426,49 @@ def tally(receiver: str, data: bytes, sent: bytes, into: Counter[str]) -> None:
 # -- the kernel side ---------------------------------------------------------------------
 
 
+def inject(
+    sc: Scenario,
+    sockets: dict[str, PacketSocket],
+    ext: PacketSocket,
+    watch: dict[str, PacketSocket],
+    stats: Callable[[], dict[str, dict[str, dict[str, int]]]],
+    quiet: float,
+) -> list[Seen]:
+    """Send each frame of ``sc`` from its sender and record who got it and the counters.
+
+    Shared by the kernel and the daemon runs, so both observe in exactly the same way.
+    ``stats`` returns ``ip -s``-shaped ``stats64`` by endpoint name.
+    """
+    for s in watch.values():
+        s.flush()
+    before = stats()
+    seen: list[Seen] = []
+    for tx in sc.frames:
+        frame = build_frame(tx, secrets.token_bytes(8))
+        out = ext if tx.sender == "ext" else sockets[tx.sender]
+        try:
+            out.send(frame)
+            accepted = True
+        except OSError as exc:
+            if exc.errno != errno.ENETDOWN:
+                raise
+            accepted = False
+        got = drain(watch, quiet=quiet, interesting=ours)
+        result = Seen(accepted)
+        for name, frames in got.items():
+            for data in frames:
+                tally(name, data, frame, result.receivers)
+        after = stats()
+        for ep in sc.endpoints:
+            a, b = after[ep.name], before[ep.name]
+            result.counters[ep.name] = tuple(
+                a[d][c] - b[d][c] for d, c in (STATS64[name] for name in COUNTERS)
+            )
+        before = after
+        seen.append(result)
+    return seen
+
+
 @dataclass
 class KernelLab:
     lab: Lab
@@ -484,33 +527,7 @@ def run_kernel(k: KernelLab, sc: Scenario, spacers: int) -> tuple[list[Seen], di
         for ep in sc.endpoints:
             sockets[ep.name] = lab.endpoint_socket(ep.name)
         watch = {**sockets, **{f"wire:{n}": s for n, s in k.wires.items()}, "ext": k.ext}
-        for s in watch.values():
-            s.flush()
-        before = lab.link_stats()
-        seen: list[Seen] = []
-        for tx in sc.frames:
-            frame = build_frame(tx, secrets.token_bytes(8))
-            out = k.ext if tx.sender == "ext" else sockets[tx.sender]
-            try:
-                out.send(frame)
-                accepted = True
-            except OSError as exc:
-                if exc.errno != errno.ENETDOWN:
-                    raise
-                accepted = False
-            got = drain(watch, quiet=QUIET, interesting=ours)
-            s = Seen(accepted)
-            for name, frames in got.items():
-                for data in frames:
-                    tally(name, data, frame, s.receivers)
-            after = lab.link_stats()
-            for ep in sc.endpoints:
-                a, b = after[ep.name], before[ep.name]
-                s.counters[ep.name] = tuple(
-                    a[d][c] - b[d][c] for d, c in (STATS64[name] for name in COUNTERS)
-                )
-            before = after
-            seen.append(s)
+        seen = inject(sc, sockets, k.ext, watch, lab.link_stats, QUIET)
         return seen, groups_seen
     finally:
         for s in sockets.values():
