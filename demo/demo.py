@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.lab import Lab, ip  # noqa: E402
+from tests.lab.daemon import DaemonProcess  # noqa: E402
 
 SUBNET = "10.99.0"
 EXT_IP = f"{SUBNET}.100"
@@ -51,60 +50,23 @@ def say(text: str = "") -> None:
 class Demo:
     def __init__(self, lab: Lab, workdir: Path) -> None:
         self.lab = lab
-        self.workdir = workdir
-        self.socket = workdir / "control.sock"
+        self.daemon = DaemonProcess(lab.host, workdir)
         self.netns: dict[str, str] = {}
         self.addresses: dict[str, str] = {"ext": EXT_IP}
-        self.daemon: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, check: bool = True) -> str:
         """Run the pymacvtap CLI as a user would, echoing the command."""
-        shown = " ".join(args)
-        say(f"  $ pymacvtap {shown}")
-        proc = subprocess.run(
-            [sys.executable, "-m", "pymacvtap", "--socket", str(self.socket), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        say(f"  $ pymacvtap {' '.join(args)}")
+        proc = self.daemon.run_cli(*args)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"pymacvtap {shown}: {proc.stderr.strip()}")
+            raise RuntimeError(proc.stderr.strip())
         return proc.stdout
-
-    def start_daemon(self) -> None:
-        log = open(self.workdir / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
-        self.daemon = subprocess.Popen(
-            [
-                "ip", "netns", "exec", self.lab.host,
-                sys.executable, "-m", "pymacvtap", "daemon",
-                "--socket", str(self.socket), "--state-dir", str(self.workdir / "state"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while not self.socket.exists():
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the daemon did not start:\n" + self.daemon_log())
-            time.sleep(0.05)
-
-    def daemon_log(self) -> str:
-        return (self.workdir / "daemon.log").read_text(errors="replace")
-
-    def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
 
     def build(self) -> None:
         say("The lab: a Linux bridge with hairpin ports plays the external VEPA switch;")
         say(f"an outside host has {EXT_IP}; the daemon owns the lower 'low0'.")
         self.lab.add_lower("low0", bytes.fromhex("020000000a01"), hairpin=True)
-        self.start_daemon()
+        self.daemon.start()
         say()
         say("Endpoints (the CLI speaks to the daemon's control socket):")
         for name, mode, address, where in ENDPOINTS:
@@ -159,7 +121,7 @@ class Demo:
         say("Cleaning up:")
         for name, *_ in ENDPOINTS:
             self.cli("link", "del", name, check=False)
-        self.stop_daemon()
+        self.daemon.cleanup()
 
 
 def main() -> int:
@@ -171,7 +133,6 @@ def main() -> int:
             print(f"demo: {tool} is missing (make demo installs it)", file=sys.stderr)
             return 1
     workdir = Path(tempfile.mkdtemp(prefix="pymacvtap-demo-"))
-    os.environ["PYMACVTAP_SOCKET"] = str(workdir / "control.sock")
     with Lab(ext_ip=f"{EXT_IP}/24") as lab:
         demo = Demo(lab, workdir)
         try:
@@ -180,8 +141,7 @@ def main() -> int:
             demo.show()
         except Exception as exc:
             print(f"demo: {exc}", file=sys.stderr)
-            if demo.daemon is not None:
-                print(demo.daemon_log(), file=sys.stderr)
+            print(demo.daemon.log(), file=sys.stderr)
             return 1
         finally:
             demo.teardown()
