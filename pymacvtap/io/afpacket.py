@@ -587,30 +587,27 @@ class PacketLower:
         mreq = _MREQ.pack(self._ifindex, mr_type, len(addr), addr)
         self._sock.setsockopt(SOL_PACKET, opt, mreq)
 
+    def _member(self, members: set[bytes], mr_type: int, mac: bytes, add: bool) -> None:
+        mac = bytes(mac)
+        if (mac in members) != add:
+            self._membership(add, mr_type, mac)
+            if add:
+                members.add(mac)
+            else:
+                members.discard(mac)
+
     def add_unicast(self, mac: bytes) -> None:
         """Accept frames to ``mac``: the device's unicast filter, or promisc if it has none."""
-        mac = bytes(mac)
-        if mac not in self._unicast:
-            self._membership(True, PACKET_MR_UNICAST, mac)
-            self._unicast.add(mac)
+        self._member(self._unicast, PACKET_MR_UNICAST, mac, True)
 
     def del_unicast(self, mac: bytes) -> None:
-        mac = bytes(mac)
-        if mac in self._unicast:
-            self._membership(False, PACKET_MR_UNICAST, mac)
-            self._unicast.discard(mac)
+        self._member(self._unicast, PACKET_MR_UNICAST, mac, False)
 
     def add_multicast(self, mac: bytes) -> None:
-        mac = bytes(mac)
-        if mac not in self._multicast:
-            self._membership(True, PACKET_MR_MULTICAST, mac)
-            self._multicast.add(mac)
+        self._member(self._multicast, PACKET_MR_MULTICAST, mac, True)
 
     def del_multicast(self, mac: bytes) -> None:
-        mac = bytes(mac)
-        if mac in self._multicast:
-            self._membership(False, PACKET_MR_MULTICAST, mac)
-            self._multicast.discard(mac)
+        self._member(self._multicast, PACKET_MR_MULTICAST, mac, False)
 
     def set_promisc(self, on: bool) -> None:
         """Make the device promiscuous (passthru) for as long as this socket wants it."""

@@ -10,6 +10,7 @@ import pytest
 
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess
+from tests.lab.fixtures import lab_with_lower, running_daemon
 
 SUBNET = "10.98.0"
 LOWER_MAC = bytes.fromhex("020000000b01")
@@ -17,20 +18,14 @@ LOWER_MAC = bytes.fromhex("020000000b01")
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab(ext_ip=f"{SUBNET}.100/24") as lab:
-        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+    with lab_with_lower(SUBNET, LOWER_MAC) as lab:
         yield lab
 
 
 @pytest.fixture
 def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(lab.host, tmp_path)
-    proc.start()
-    try:
+    with running_daemon(lab, tmp_path) as proc:
         yield proc
-    finally:
-        proc.cleanup()
-        print(proc.log())  # shown by pytest only when the test failed
 
 
 class Containers:

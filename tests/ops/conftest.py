@@ -11,6 +11,7 @@ import pytest
 
 from tests.lab import Lab
 from tests.lab.daemon import DaemonProcess, wait_until
+from tests.lab.fixtures import lab_with_lower, running_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 SUBNET = "10.97.0"
@@ -27,20 +28,14 @@ class OpsDaemon(DaemonProcess):
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab(ext_ip=f"{EXT_IP}/24") as lab:
-        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+    with lab_with_lower(SUBNET, LOWER_MAC) as lab:
         yield lab
 
 
 @pytest.fixture
 def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(lab.host, tmp_path)
-    proc.start()
-    try:
+    with running_daemon(lab, tmp_path) as proc:
         yield proc
-    finally:
-        proc.cleanup()
-        print(proc.log())  # shown by pytest only when the test failed
 
 
 @pytest.fixture

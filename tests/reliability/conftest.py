@@ -17,6 +17,7 @@ import pytest
 from tests.integration.conftest import SUBNET, Containers
 from tests.lab import Lab
 from tests.lab.daemon import DaemonProcess, wait_until
+from tests.lab.fixtures import lab_with_lower, running_daemon
 from tests.reliability.helpers import FIGURES, record
 
 __all__ = ["FIGURES", "SCALE", "record", "rss_kib", "wait_until"]
@@ -44,22 +45,14 @@ def proc_status(pid: int, key: str) -> str:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab(ext_ip=f"{SUBNET}.100/24") as lab:
-        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+    with lab_with_lower(SUBNET, LOWER_MAC) as lab:
         yield lab
 
 
 @pytest.fixture
 def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(lab.host, tmp_path)
-    proc.start()
-    try:
+    with running_daemon(lab, tmp_path, must_survive=True) as proc:
         yield proc
-        # Every test ends with a living daemon: no crash went unnoticed.
-        assert proc.proc is not None and proc.proc.poll() is None, proc.log()
-    finally:
-        proc.cleanup()
-        print(proc.log())  # shown by pytest only when the test failed
 
 
 @pytest.fixture
