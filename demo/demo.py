@@ -44,7 +44,13 @@ CHECKS = [
 
 
 def say(text: str = "") -> None:
-    print(text, flush=True)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Nobody reads any more (`make demo | head`): go on quietly and clean up.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 class Demo:
@@ -117,11 +123,15 @@ class Demo:
             say(f"    {line}")
 
     def teardown(self) -> None:
-        say()
-        say("Cleaning up:")
-        for name, *_ in ENDPOINTS:
-            self.cli("link", "del", name, check=False)
-        self.daemon.cleanup()
+        # The daemon is stopped even when the report cannot be printed (a closed
+        # pipe, `make demo | head`): no daemon may outlive the demo.
+        try:
+            say()
+            say("Cleaning up:")
+            for name, *_ in ENDPOINTS:
+                self.cli("link", "del", name, check=False)
+        finally:
+            self.daemon.cleanup()
 
 
 def main() -> int:
