@@ -8,6 +8,7 @@ in a private directory.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -35,6 +36,7 @@ def public_package_copy() -> Path:
     so a copy of the package next to Debian's python3 is all such a user needs.
     """
     root = Path(tempfile.mkdtemp(prefix="pymacvtap-public-"))
+    atexit.register(shutil.rmtree, root, True)
     shutil.copytree(PACKAGE_DIR, root / "pymacvtap", ignore=shutil.ignore_patterns("__pycache__"))
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
