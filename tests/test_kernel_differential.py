@@ -671,7 +671,10 @@ def only_hash_collisions(sc: Scenario, kernel: list[Seen], engine: list[Seen]) -
                 return False
             if ep.allmulti or tx.dst in ep.groups:
                 return False
-            bump = {"rx_packets": copies, "rx_multicast": copies, "rx_bytes": copies * FRAME_LEN}
+            # The colliding copy is counted like any other, quirks included (a
+            # bridge-local copy counts its header twice).
+            nbytes = copies * FRAME_LEN + kernel_byte_quirk(sc, tx, name, copies)
+            bump = {"rx_packets": copies, "rx_multicast": copies, "rx_bytes": nbytes}
             expect = tuple(v + bump.get(c, 0) for c, v in zip(COUNTERS, want[name], strict=True))
             if k.counters[name] != expect:
                 return False
@@ -744,3 +747,10 @@ def test_collision_classifier() -> None:
         engine[1],
     ]
     assert not only_hash_collisions(sc, wrong_counter, engine)
+    # A colliding bridge-local copy is counted with the kernel's byte quirk (+14).
+    br = Scenario("b", (Ep("b1", BRIDGE, groups=("G1",)), Ep("b2", BRIDGE)), _tx("b1>G1"))
+    sent = (0, 1, 0, 0, FRAME_LEN)
+    wire_only = [Seen(True, Counter({"wire:low0": 1}), {"b1": sent, "b2": zero})]
+    local = (1, 0, 1, FRAME_LEN + 14, 0)
+    collided_br = [Seen(True, Counter({"wire:low0": 1, "b2": 1}), {"b1": sent, "b2": local})]
+    assert only_hash_collisions(br, collided_br, wire_only)
