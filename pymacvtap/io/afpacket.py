@@ -368,16 +368,7 @@ class PacketLower:
             elif snaplen != length:
                 self.rx_truncated += 1
             else:
-                start = off + mac
-                vnet = (
-                    VnetHeader(*_vnet_from(ring, start - 10))
-                    if ring[start - 10] & 1 or ring[start - 9]
-                    else None
-                )
-                if status & TP_STATUS_VLAN_VALID and restore:
-                    append(_retagged(ring, start, start + snaplen, vnet, status, tci, tpid))
-                else:
-                    append(Frame(ring[start : start + snaplen], vnet))
+                append(_ring_frame(ring, off + mac, snaplen, status, tci, tpid, restore))
             ring[off : off + 4] = _STATUS_KERNEL
             off += size
             if off == end:
@@ -419,16 +410,7 @@ class PacketLower:
                 if snaplen != length:
                     truncated += 1
                 else:
-                    start = pos + mac
-                    vnet = (
-                        VnetHeader(*_vnet_from(ring, start - 10))
-                        if ring[start - 10] & 1 or ring[start - 9]
-                        else None
-                    )
-                    if status & TP_STATUS_VLAN_VALID and restore:
-                        append(_retagged(ring, start, start + snaplen, vnet, status, tci, tpid))
-                    else:
-                        append(Frame(ring[start : start + snaplen], vnet))
+                    append(_ring_frame(ring, pos + mac, snaplen, status, tci, tpid, restore))
                 pos += nxt
             left -= take
             count += take
@@ -475,7 +457,7 @@ class PacketLower:
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = VnetHeader.unpack(buf) if (buf[0] & 1 or buf[1]) else None
+            vnet = _header_at(buf, 0)
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
 
@@ -501,7 +483,7 @@ class PacketLower:
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = VnetHeader.unpack(buf) if (buf[0] & 1 or buf[1]) else None
+            vnet = _header_at(buf, 0)
             # PACKET_AUXDATA comes with every frame: tp_status first, VLAN_VALID in byte 0.
             if anc and anc[0][2][0] & TP_STATUS_VLAN_VALID:
                 tag = _stripped_vlan(anc)
@@ -630,6 +612,27 @@ def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def _header_at(buf: bytes | bytearray | mmap.mmap, at: int) -> VnetHeader | None:
+    """The vnet header at ``at``, or None when it carries nothing worth keeping.
+
+    An all-zero header, or one with only DATA_VALID, is no header (see
+    ``_ZERO_VNET``): the common small frame then costs no VnetHeader object.
+    """
+    if buf[at] & 1 or buf[at + 1]:
+        return VnetHeader(*_vnet_from(buf, at))
+    return None
+
+
+def _ring_frame(
+    ring: mmap.mmap, start: int, snaplen: int, status: int, tci: int, tpid: int, restore: bool
+) -> Frame:
+    """The frame at ``start`` of a ring slot (both ring versions), VLAN tag put back."""
+    vnet = _header_at(ring, start - VNET_HDR_LEN)
+    if status & TP_STATUS_VLAN_VALID and restore:
+        return _retagged(ring, start, start + snaplen, vnet, status, tci, tpid)
+    return Frame(ring[start : start + snaplen], vnet)
 
 
 def _retagged(
