@@ -407,6 +407,23 @@ def kill_all_vms() -> None:
 atexit.register(kill_all_vms)
 
 
+def open_dir(
+    stack: contextlib.ExitStack, prefix: str, owner: pwd.struct_passwd | None = None
+) -> Path:
+    """A temporary directory every user may traverse (0755), given to ``owner`` if any.
+
+    VM users cannot read the checkout or the test's own 0700 tmp dirs, so what
+    they need (the helper script, their dgram socket) goes here; ``stack``
+    removes it.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    stack.callback(shutil.rmtree, path, True)
+    if owner is not None:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    path.chmod(0o755)
+    return path
+
+
 @contextlib.contextmanager
 def temporary_user(prefix: str = "pmvtvm") -> Iterator[pwd.struct_passwd]:
     """A throwaway system user (no home, no login shell), removed afterwards."""

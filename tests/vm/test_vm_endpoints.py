@@ -48,8 +48,8 @@ import pytest
 from tests.lab import Lab, ip
 from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv, public_package_copy
 
-from .image import VmImage, ensure_vm_image
-from .qemu import Nic, Vm, boot_vm, new_mac, temporary_user
+from .image import VmImage
+from .qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SUBNET = "10.96.0"
@@ -155,22 +155,12 @@ def helper_wrapper(public_copy: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def image() -> VmImage:
-    return ensure_vm_image()
-
-
-@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with contextlib.ExitStack() as stack:
         owner = stack.enter_context(temporary_user("pmvtown"))
         other = stack.enter_context(temporary_user("pmvtoth"))
-        public = Path(tempfile.mkdtemp(prefix="pmvt-vmpublic-"))
-        stack.callback(shutil.rmtree, public, True)
-        public.chmod(0o755)
-        vmside = Path(tempfile.mkdtemp(prefix="pmvt-vmside-"))
-        stack.callback(shutil.rmtree, vmside, True)
-        os.chown(vmside, owner.pw_uid, owner.pw_gid)
-        vmside.chmod(0o755)
+        public = open_dir(stack, "pmvt-vmpublic-")
+        vmside = open_dir(stack, "pmvt-vmside-", owner)
         helper = public / "pymacvtap-qemu-helper"
         helper.write_text(helper_wrapper(public_package_copy()))
         helper.chmod(0o755)

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .image import VmImage, ensure_vm_image
+from .image import VmImage
 from .qemu import Nic, VmError, boot_vm, temporary_user
-
-
-@pytest.fixture(scope="module")
-def image() -> VmImage:
-    return ensure_vm_image()
 
 
 @pytest.fixture

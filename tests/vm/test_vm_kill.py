@@ -38,10 +38,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,8 +51,8 @@ import pytest
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess, wait_until
 
-from .image import VmImage, ensure_vm_image
-from .qemu import Vm, temporary_user
+from .image import VmImage
+from .qemu import Vm, open_dir, temporary_user
 from .test_vm_restart import (
     ADDRESS,
     ENDPOINT,
@@ -84,23 +82,13 @@ class Site(RestartSite):
 
 
 @pytest.fixture(scope="module")
-def image() -> VmImage:
-    return ensure_vm_image()
-
-
-@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """test_vm_restart's site (a throwaway user owns the endpoints and runs QEMU), with the
     endpoints of PATHS and a container on the same lower."""
     with contextlib.ExitStack() as stack:
         owner = stack.enter_context(temporary_user("pmvtkil"))
-        public = Path(tempfile.mkdtemp(prefix="pmvt-klpublic-"))
-        stack.callback(shutil.rmtree, public, True)
-        public.chmod(0o755)
-        vmside = Path(tempfile.mkdtemp(prefix="pmvt-klvmside-"))
-        stack.callback(shutil.rmtree, vmside, True)
-        os.chown(vmside, owner.pw_uid, owner.pw_gid)
-        vmside.chmod(0o755)
+        public = open_dir(stack, "pmvt-klpublic-")
+        vmside = open_dir(stack, "pmvt-klvmside-", owner)
         lab = stack.enter_context(Lab(ext_ip=f"{EXT_IP}/24"))
         lab.add_lower("low0", LOWER_MAC, hairpin=True)
         daemon = DaemonProcess(lab.host, tmp_path_factory.mktemp("vm-kill-daemon"))

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pwd
-import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,8 +43,8 @@ import pytest
 from tests.lab import Lab, ip
 from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, public_package_copy
 
-from .image import VmImage, ensure_vm_image
-from .qemu import Nic, Vm, boot_vm, new_mac, temporary_user
+from .image import VmImage
+from .qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
 
 SUBNET = "10.97.0"
 EXT_IP = f"{SUBNET}.100"
@@ -89,21 +86,11 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def image() -> VmImage:
-    return ensure_vm_image()
-
-
-@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with contextlib.ExitStack() as stack:
         owner = stack.enter_context(temporary_user("pmvtrst"))
-        public = Path(tempfile.mkdtemp(prefix="pmvt-rspublic-"))
-        stack.callback(shutil.rmtree, public, True)
-        public.chmod(0o755)
-        vmside = Path(tempfile.mkdtemp(prefix="pmvt-rsvmside-"))
-        stack.callback(shutil.rmtree, vmside, True)
-        os.chown(vmside, owner.pw_uid, owner.pw_gid)
-        vmside.chmod(0o755)
+        public = open_dir(stack, "pmvt-rspublic-")
+        vmside = open_dir(stack, "pmvt-rsvmside-", owner)
         lab = stack.enter_context(Lab(ext_ip=f"{EXT_IP}/24"))
         lab.add_lower("low0", LOWER_MAC, hairpin=True)
         daemon = DaemonProcess(lab.host, tmp_path_factory.mktemp("vm-restart-daemon"))
