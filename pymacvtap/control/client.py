@@ -100,10 +100,17 @@ class Client:
         return self.stream("monitor")
 
     def stream(self, verb: str, args: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """A streaming verb (monitor, capture): yields its events until the connection closes."""
+        """A streaming verb (monitor, capture): its events until the connection closes.
+
+        The request is made here, not at the first ``next()``: when this returns, the
+        daemon has said yes and every later event reaches the iterator (and a refusal is
+        raised here, as RemoteError)."""
         self.request(verb, args)
         self._monitoring = True
         self.sock.settimeout(None)
+        return self._events()
+
+    def _events(self) -> Iterator[dict[str, Any]]:
         while True:
             try:
                 msg = self._receive()

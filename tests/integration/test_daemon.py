@@ -20,6 +20,7 @@ from pathlib import Path
 from tests.integration.conftest import LOWER_MAC, Containers
 from tests.lab import Lab, PacketSocket, ip, ip_json
 from tests.lab.daemon import DaemonProcess, wait_until
+from tests.lab.monitor import EventMonitor
 from tests.lab.users import temporary_user
 
 ETH_P_TEST = 0x88B5
@@ -315,23 +316,12 @@ def test_lower_removal_tears_endpoints_down_and_the_daemon_keeps_serving(
     lab.add_lower("low1", bytes.fromhex("020000000b02"), hairpin=True)
     containers.add("c1", "vepa")
     containers.add("c2", "vepa", lower="low1")
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "pymacvtap", "--socket", str(daemon.socket), "-j", "monitor"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.3)
+    with EventMonitor(daemon.socket) as monitor:
         ip(lab.host, "link", "del", "low0")
         assert wait_until(lambda: [e["ifname"] for e in daemon.show()] == ["c2"])
         assert [link["ifname"] for link in ip_json(containers.netns["c1"], "link")] == ["lo"]
-        events = []
-        assert monitor.stdout is not None
-        while not any(e.get("event") == "link.del" for e in events):
-            events.append(json.loads(monitor.stdout.readline()))
-    finally:
-        monitor.terminate()
-        monitor.wait()
+        monitor.wait_event(lambda e: e.get("event") == "link.del")
+        events = monitor.events()
     gone = next(e for e in events if e.get("event") == "link.del")
     assert gone["ifname"] == "c1" and "low0" in gone["reason"]
     # The other lower is untouched, and a re-created lower can be used again.

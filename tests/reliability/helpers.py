@@ -1,13 +1,10 @@
-"""Clients of a real daemon's endpoints: stream and dgram VMs, raw frames, monitors."""
+"""Clients of a real daemon's endpoints: stream and dgram VMs, raw frames."""
 
 from __future__ import annotations
 
 import collections
-import json
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,40 +132,3 @@ def vnet_packet_socket(netns: str, ifname: str) -> socket.socket:
     sock.bind((ifname, 0))
     sock.setblocking(False)
     return sock
-
-
-class Monitor:
-    """``pymacvtap -j monitor`` in the background, its output in a file."""
-
-    def __init__(self, daemon: DaemonProcess) -> None:
-        self.out = tempfile.NamedTemporaryFile(prefix="pmvt-monitor-", suffix=".jsonl")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pymacvtap", "--socket", str(daemon.socket), "-j", "monitor"],
-            stdout=self.out,
-        )
-        time.sleep(0.4)
-
-    def events(self) -> list[dict[str, Any]]:
-        with open(self.out.name) as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
-
-    def wait_event(self, pred: Any, timeout: float = 8.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.events():
-                if pred(event):
-                    return event
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no such monitor event in {self.events()}")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-        self.out.close()
-
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -12,8 +12,9 @@ from pathlib import Path
 from tests.integration.conftest import Containers
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess
+from tests.lab.monitor import EventMonitor
 from tests.reliability.conftest import LOWER_MAC, record, wait_until
-from tests.reliability.helpers import DgramVM, Monitor, StreamVM, add_vm, frame, mac_of, public_dir
+from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir
 
 
 def test_lower_down_up_and_deleted_recreated(
@@ -22,7 +23,7 @@ def test_lower_down_up_and_deleted_recreated(
     containers.add("c1", "vepa")
     containers.add("c2", "vepa")
     assert containers.ping("c1", "c2")
-    with Monitor(daemon) as monitor:
+    with EventMonitor(daemon.socket) as monitor:
         ip(lab.host, "link", "set", "low0", "down")
         monitor.wait_event(lambda e: e.get("event") == "lower.carrier" and not e["carrier"])
         assert daemon.show("c1")["operstate"] == "LOWERLAYERDOWN"
@@ -50,7 +51,7 @@ def test_netns_deleted_under_its_endpoint(
     ns1 = containers.add("c1", "vepa")
     containers.add("c2", "vepa")
     assert containers.ping("c1", "c2")
-    with Monitor(daemon) as monitor:
+    with EventMonitor(daemon.socket) as monitor:
         started = time.monotonic()
         ip(None, "netns", "del", ns1)
         lab.namespaces.remove(ns1)
@@ -159,7 +160,7 @@ def test_disk_full_while_saving(lab: Lab, tmp_path: Path, containers: Containers
         # The daemon saves again when it sees c1's netdev go up: wait for that.
         assert wait_until(lambda: json.loads(state.read_text())["endpoints"][0]["up"] is True)
         saved = state.read_bytes()
-        with Monitor(proc) as monitor:
+        with EventMonitor(proc.socket) as monitor:
             filler = proc.state_dir / "filler"
             try:
                 with open(filler, "wb") as f:
