@@ -388,13 +388,25 @@ class Daemon:
     def _reader(self, rt: EndpointRuntime, fd: int) -> Callable[[], None]:
         frontend = rt.frontend
         ep = rt.ep
+        loop = self.loop
+        # Reading until the fd is empty costs one more read that fails (EAGAIN) per
+        # wake-up, which is most of a lone frame's reading cost.  Where the fd is
+        # level-triggered, a fd that was not ready on the previous poll gets one
+        # frame read: if more wait, the next poll says so at once and the reader
+        # batches from then on.
+        single_first = getattr(frontend, "level_triggered", False)
+        last = -2
 
         def on_readable() -> None:
+            nonlocal last
             port = ep.port
             if port is None:
                 return
             from_endpoint = port.from_endpoint
-            frames = frontend.read(fd, RX_BATCH)
+            now = loop.iteration
+            budget = 1 if single_first and now != last + 1 else RX_BATCH
+            last = now
+            frames = frontend.read(fd, budget)
             if rt.captures is not None:
                 self._captured(rt, "tx", frames)
             for frame in frames:

@@ -17,6 +17,12 @@ class Frontend(Protocol):
     send and returns the fd to wait on for writability when the peer is full
     (backpressure instead of spinning), or None when the queue is drained.
 
+    A frontend whose fds stay readable while frames are left unread may say
+    so with a class attribute ``level_triggered = True``; the daemon then reads
+    a lone frame without the extra read that would find the fd empty.  (Not
+    for a frontend whose wake-up is consumed by reading, like a vhost-user
+    kick eventfd: a frame left behind would wait for the next kick.)
+
     Frames the engine delivered that the frontend then could not hand over
     (no VM connected, device down, a broken offload header) are counted in
     ``dropped``; malformed input from the user (bad framing) in ``errors``.

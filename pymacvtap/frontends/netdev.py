@@ -25,6 +25,9 @@ WRITE_BUDGET = 256
 class NetdevFrontend:
     """A persistent tap netdev in a namespace, read and written by the daemon."""
 
+    # Frames left unread keep the tap fd readable: a read may stop at any count.
+    level_triggered = True
+
     def __init__(self, ifname: str, netns: str | None, tap: Tap) -> None:
         self.ifname = ifname
         self.netns = netns

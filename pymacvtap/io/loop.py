@@ -54,6 +54,9 @@ class Loop:
         self._registered: set[int] = set()
         # Seconds to keep polling without sleeping after activity (0: never spin).
         self.spin = 0.0
+        # Polls so far: lets a reader tell a steady stream (ready on consecutive
+        # polls) from a lone frame, without reading the clock.
+        self.iteration = 0
 
     # -- fds -------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class Loop:
                 events = epoll.poll(timeout)
             except InterruptedError:
                 events = []
+            self.iteration += 1
             if spin and events:
                 busy_until = monotonic() + spin
             try:
