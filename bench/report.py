@@ -207,6 +207,15 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         cpu_row(name)
     capture_rows()
     rtt_rows("rtt_udp", "RTT c1↔c2 UDP ping-pong")
+    rtt_rows("rtt_udp_1cpu", "RTT c1↔c2 UDP ping-pong, all on one CPU")
+    pipe = _get(results.get("machine"), "pipe_round_trip_us")
+    if isinstance(pipe, dict):
+        rows.append(
+            Row(
+                "pipe ping-pong of two processes, same CPU / two CPUs (µs, the machine's)",
+                f"{_fmt(pipe.get('same_cpu'), 1)} / {_fmt(pipe.get('two_cpus'), 1)}",
+            )
+        )
     rtt_rows("rtt_icmp", "RTT c1↔c2 ping -i 0.002")
     rows.extend(scale_rows(results.get("scale")))
     return rows

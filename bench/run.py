@@ -41,6 +41,7 @@ from .measure import (
     icmp_ping,
     metered,
     netns_argv,
+    on_one_cpu,
     run_guarded,
     start_iperf_server,
     stop,
@@ -48,6 +49,7 @@ from .measure import (
     udp_ping_pong,
     udp_small,
     wait_tcp,
+    wakeup_cost_us,
 )
 from .report import build_rows, render
 from .scale import measure_scale
@@ -61,7 +63,9 @@ BLAST_PPS = 20_000  # 1472-byte datagrams to the stalled container: ~236 Mbit/s
 BLAST_BYTES = 1472
 
 
-TEST_NAMES = ("tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_icmp", "stalled", "capture")
+TEST_NAMES = (
+    "tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_udp_1cpu", "rtt_icmp", "stalled", "capture"
+)  # fmt: skip
 DAEMON_ONLY = ("capture",)  # tests that make sense for pymacvtap only
 
 
@@ -113,6 +117,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "iperf3": _out("iperf3", "--version").splitlines()[0] if shutil.which("iperf3") else None,
         "loadavg_at_start": os.getloadavg(),
+        # What one cross-CPU wake-up costs here bounds the added round trip (README).
+        "pipe_round_trip_us": wakeup_cost_us(),
     }
 
 
@@ -144,6 +150,7 @@ class Servers:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.echo: dict[str, subprocess.Popen[bytes]] = {}  # by setup kind
 
     def python(self, netns: str, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -276,6 +283,7 @@ def tests_for(cfg: Config, ext: str, servers: Servers) -> dict[str, Callable[[Se
         "rtt_udp": lambda s: udp_ping_pong(
             c(s, "c1").netns, c(s, "c2").address, count=cfg.rtt_count
         ),
+        "rtt_udp_1cpu": lambda s: rtt_on_one_cpu(s, servers, cfg.rtt_count),
         "rtt_icmp": lambda s: icmp_ping(
             c(s, "c1").netns, c(s, "c2").address, count=cfg.ping_count, interval=0.002
         ),
@@ -284,10 +292,26 @@ def tests_for(cfg: Config, ext: str, servers: Servers) -> dict[str, Callable[[Se
     }
 
 
+def rtt_on_one_cpu(setup: Setup, servers: Servers, count: int) -> dict[str, Any]:
+    """The UDP ping-pong with client, echo server and daemon pinned to one CPU.
+
+    Both setups are measured so; it takes the cross-CPU wake-ups out of the round trip
+    (the scheduler's placement, not the data path), leaving what each crossing costs.
+    """
+    pids = [servers.echo[setup.kind].pid]
+    if setup.daemon_pid is not None:
+        pids.append(setup.daemon_pid)
+    c = setup.containers
+    with on_one_cpu(pids) as cpu:
+        result = udp_ping_pong(c["c1"].netns, c["c2"].address, count=count)
+    result["cpu"] = cpu
+    return result
+
+
 def start_servers(setup: Setup, servers: Servers) -> None:
     c2 = setup.containers["c2"]
     servers.iperf(c2.netns, c2.address)
-    servers.python(c2.netns, "echo", str(ECHO_PORT))
+    servers.echo[setup.kind] = servers.python(c2.netns, "echo", str(ECHO_PORT))
 
 
 def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[str, Any]:
