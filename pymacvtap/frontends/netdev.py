@@ -16,7 +16,7 @@ from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac
 from pymacvtap.io import netlink
 from pymacvtap.io.netns import entered
-from pymacvtap.io.tap import FrameRejected, Tap
+from pymacvtap.io.tap import Tap
 
 # How many frames one write() call may push before yielding to the loop.
 WRITE_BUDGET = 256
@@ -68,18 +68,12 @@ class NetdevFrontend:
         return self.tap.read_batch(0, budget)
 
     def write(self, queue: deque[Frame]) -> int | None:
-        tap = self.tap
-        budget = WRITE_BUDGET
-        while queue and budget:
-            try:
-                if not tap.write(queue[0]):
-                    return tap.fileno(0)
-            except FrameRejected:
-                # EIO while the container has the device down: the frame is lost,
-                # as it would be on a down netdev; count it and go on.
-                self.dropped += 1
-            queue.popleft()
-            budget -= 1
+        written, rejected = self.tap.write_batch(queue, WRITE_BUDGET)
+        # Rejected: EIO while the container has the device down; the frames are
+        # lost, as they would be on a down netdev, and counted.
+        self.dropped += rejected
+        if queue and written + rejected < WRITE_BUDGET:
+            return self.tap.fileno(0)  # full: wait until it is writable
         return None
 
     def close(self, *, delete: bool) -> None:

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import struct
+from collections import deque
 
 from pymacvtap.core.frame import VNET_HDR_LEN, Frame, VnetHeader
 from pymacvtap.io.netns import entered
@@ -274,6 +275,45 @@ class Tap:
                 raise FrameRejected(exc.errno, f"tap {self.ifname}: {exc.strerror}") from None
             raise
         return True
+
+    def write_batch(
+        self, queue: deque[Frame], budget: int, queue_index: int = 0
+    ) -> tuple[int, int]:
+        """Write frames from the head of ``queue`` (removing each one done) until it is
+        empty, ``budget`` frames are done, or the tap is full.
+
+        Returns ``(written, rejected)``: rejected frames are the ones the kernel
+        refused (see :meth:`write`), dropped.  Frames left in the queue with budget
+        to spare mean the tap is full: wait until it is writable.  The loop of
+        :meth:`write`, without a call per frame: this runs for every frame to a
+        container.
+        """
+        fd = self._fds[queue_index]
+        hdr_size = self.vnet_hdr_size
+        zero = _ZERO_HDR.get(hdr_size) or bytes(hdr_size)
+        writev = os.writev
+        popleft = queue.popleft
+        written = rejected = 0
+        while queue and written + rejected < budget:
+            frame = queue[0]
+            vnet = frame.vnet
+            try:
+                if not hdr_size:
+                    os.write(fd, frame.data)
+                elif vnet is None:
+                    writev(fd, (zero, frame.data))
+                else:
+                    writev(fd, (vnet.pack().ljust(hdr_size, b"\0"), frame.data))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in _FRAME_ERRNOS:
+                    raise
+                rejected += 1
+            else:
+                written += 1
+            popleft()
+        return written, rejected
 
 
 _ZERO_HDR = {10: bytes(10), 12: bytes(12)}

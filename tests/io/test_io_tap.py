@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 
 import pytest
 from io_helpers import ETH_P_EXPERIMENTAL, MakeNetns, RawSocket, collect, eth_frame, sh, sysfs
@@ -66,6 +67,30 @@ def test_frames_written_appear_on_the_netdev(make_netns: MakeNetns) -> None:
         got = cap.recv_all(lambda d: d[12:14] == ETH_P_EXPERIMENTAL.to_bytes(2, "big"), 3)
         assert got == [f.data for f in frames]
         cap.close()
+
+
+def test_write_batch_takes_what_it_wrote_and_counts_refusals(make_netns: MakeNetns) -> None:
+    ns = make_netns()
+    with _tap(ns, "pbatch0") as tap:
+        cap = RawSocket(ns, "pbatch0")
+        mac = bytes.fromhex(sysfs(ns, "pbatch0", "address").replace(":", ""))
+        frames = [
+            Frame(eth_frame(mac, PEER, f"frame {i}".encode().ljust(46)), vnet)
+            for i, vnet in enumerate([None, VnetHeader(), None, None, VnetHeader()])
+        ]
+        queue = deque(frames)
+        assert tap.write_batch(queue, 3) == (3, 0)  # the budget stops it
+        assert list(queue) == frames[3:]
+        assert tap.write_batch(queue, 10) == (2, 0)
+        assert not queue
+        got = cap.recv_all(lambda d: d[12:14] == ETH_P_EXPERIMENTAL.to_bytes(2, "big"), 5)
+        assert got == [f.data for f in frames]  # in order, headers stripped by the kernel
+        cap.close()
+        # Down: every frame is refused (EIO), counted and removed, none left waiting.
+        netlink.set_link("pbatch0", ns, up=False)
+        queue = deque(frames[:2])
+        assert tap.write_batch(queue, 10) == (0, 2)
+        assert not queue
 
 
 def test_stack_frames_are_read_with_their_vnet_header(make_netns: MakeNetns) -> None:
