@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+
 ETH_HLEN = 14
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
@@ -28,6 +32,7 @@ VIRTIO_NET_HDR_GSO_ECN = 0x80
 
 VNET_HDR_LEN = 10  # the base header; 12 with num_buffers (mergeable rx / VERSION_1)
 _VNET = struct.Struct("<BBHHHH")  # little-endian: what x86 hosts and VERSION_1 use
+_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
 
 
 class VnetHeader:
@@ -37,7 +42,7 @@ class VnetHeader:
     the headers (Ethernet + L3 + L4) repeated in every segment.
     """
 
-    __slots__ = ("csum_offset", "csum_start", "flags", "gso_size", "gso_type", "hdr_len")
+    __slots__ = ("_packed", "csum_offset", "csum_start", "flags", "gso_size", "gso_type", "hdr_len")
 
     def __init__(
         self,
@@ -54,12 +59,27 @@ class VnetHeader:
         self.gso_size = gso_size
         self.csum_start = csum_start
         self.csum_offset = csum_offset
+        # The header as read, when it was read: most frames are written out again
+        # unchanged, and handing back these bytes saves packing them per frame.
+        # The fields are therefore not changed after construction (use replace()).
+        self._packed: bytes | None = None
 
     @classmethod
-    def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> VnetHeader:
-        return cls(*_VNET.unpack_from(buf, offset))
+    def unpack(cls, buf: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0) -> VnetHeader:
+        header = cls(*_VNET.unpack_from(buf, offset))
+        header._packed = bytes(buf[offset : offset + VNET_HDR_LEN])
+        return header
+
+    def replace(self, **fields: int) -> VnetHeader:
+        """A copy with some fields changed (``hdr_len=…`` when a VLAN tag is put back)."""
+        values = {name: getattr(self, name) for name in _FIELDS}
+        values.update(fields)
+        return VnetHeader(**values)
 
     def pack(self) -> bytes:
+        packed = self._packed
+        if packed is not None:
+            return packed
         return _VNET.pack(
             self.flags,
             self.gso_type,

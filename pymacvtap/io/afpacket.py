@@ -103,7 +103,6 @@ _V3_BLOCK = struct.Struct("<II")
 _V3_BLOCK_STATUS = 8  # offset of hdr.bh1.block_status
 _V3_BLOCK_NUM_PKTS = 12
 _TAG = struct.Struct("!HH")
-_vnet_from = struct.Struct("<BBHHHH").unpack_from  # struct virtio_net_hdr, as in core.frame
 _STATUS_KERNEL = bytes(4)
 
 DEFAULT_RING_SIZE = 4 << 20  # per socket; a VM tap has one socket per queue
@@ -493,7 +492,7 @@ class PacketLower:
                     # csum_start already counts the tag (the kernel reports offsets
                     # for the frame as it will be re-tagged); hdr_len does not.
                     if vnet is not None and vnet.hdr_len:
-                        vnet.hdr_len = min(vnet.hdr_len + 4, len(data))
+                        vnet = vnet.replace(hdr_len=min(vnet.hdr_len + 4, len(data)))
                     append(Frame(data, vnet))
                     continue
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
@@ -621,7 +620,7 @@ def _header_at(buf: bytes | bytearray | mmap.mmap, at: int) -> VnetHeader | None
     ``_ZERO_VNET``): the common small frame then costs no VnetHeader object.
     """
     if buf[at] & 1 or buf[at + 1]:
-        return VnetHeader(*_vnet_from(buf, at))
+        return VnetHeader.unpack(buf, at)
     return None
 
 
@@ -650,7 +649,7 @@ def _retagged(
     data = b"".join((ring[start : start + 12], _TAG.pack(tpid, tci), ring[start + 12 : end]))
     # As for recvmsg: csum_start counts the tag already, hdr_len does not.
     if vnet is not None and vnet.hdr_len:
-        vnet.hdr_len = min(vnet.hdr_len + 4, len(data))
+        vnet = vnet.replace(hdr_len=min(vnet.hdr_len + 4, len(data)))
     return Frame(data, vnet)
 
 

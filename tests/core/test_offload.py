@@ -410,10 +410,7 @@ def test_bad_metadata_raises_offload_error(mutate: Callable[[Frame], Frame], mes
 
 def _vnet(frame: Frame, **fields: int) -> VnetHeader:
     assert frame.vnet is not None
-    v = VnetHeader.unpack(frame.vnet.pack())
-    for k, val in fields.items():
-        setattr(v, k, val)
-    return v
+    return frame.vnet.replace(**fields)
 
 
 BUILDERS: dict[str, tuple[Callable[[bytes], Packet], int]] = {
