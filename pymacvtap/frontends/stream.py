@@ -45,6 +45,9 @@ class StreamFrontend:
         self.conn: socket.socket | None = None
         self._inbuf = bytearray()
         self._outbuf = bytearray()
+        # Bytes of each frame still (wholly or partly) in _outbuf, oldest first: a
+        # VM that goes away leaves these frames unsent, and each one is counted.
+        self._unsent: deque[int] = deque()
         self.on_fds_changed = on_fds_changed
         self.errors = 0  # malformed framing from the VM (connection dropped)
         self.dropped = 0  # frames for the VM lost: none connected, bad offload header
@@ -111,9 +114,12 @@ class StreamFrontend:
                     continue
             else:
                 plain = [frame]
+            size = 0
             for piece in plain:
                 out += _LEN.pack(len(piece.data))
                 out += piece.data
+                size += 4 + len(piece.data)
+            self._unsent.append(size)
         if out:
             try:
                 sent = conn.send(out)
@@ -125,9 +131,20 @@ class StreamFrontend:
                 self._disconnect()
                 return None
             del out[:sent]
+            self._consume(sent)
         if out:
             return conn.fileno()
         return None
+
+    def _consume(self, sent: int) -> None:
+        """``sent`` more bytes of the buffered frames reached the socket."""
+        unsent = self._unsent
+        while sent and unsent:
+            if sent >= unsent[0]:
+                sent -= unsent.popleft()
+            else:
+                unsent[0] -= sent
+                sent = 0
 
     def _accept(self) -> None:
         try:
@@ -150,6 +167,10 @@ class StreamFrontend:
             self.conn = None
             self._inbuf.clear()
             self._outbuf.clear()
+            # Delivered to this endpoint but never handed to the VM (a frame cut
+            # short is as lost as one not started).
+            self.dropped += len(self._unsent)
+            self._unsent.clear()
             self.on_fds_changed()
             conn.close()
 
