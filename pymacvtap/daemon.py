@@ -874,16 +874,13 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"pymacvtap: daemon: {socket_path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    daemon.restore()
-    drop_capabilities(DAEMON_CAPABILITIES)  # SPEC 6; the list is argued in SECURITY.md
     metrics = None
     if args.metrics:
-        from pymacvtap.metrics import parse_address, start_metrics
+        from pymacvtap.metrics import bind_metrics, parse_address
 
-        # After drop_capabilities: capabilities are per thread, and the HTTP
-        # thread must start with the reduced set.
+        # Bound while the daemon may still bind any port (below 1024 too)...
         try:
-            metrics = start_metrics(*parse_address(args.metrics), daemon)
+            metrics = bind_metrics(*parse_address(args.metrics), daemon)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             print(f"pymacvtap: daemon: --metrics {args.metrics}: {reason}", file=sys.stderr)
@@ -891,6 +888,12 @@ def main(args: argparse.Namespace) -> int:
             daemon.close()
             loop.close()
             return 1
+    daemon.restore()
+    drop_capabilities(DAEMON_CAPABILITIES)  # SPEC 6; the list is argued in SECURITY.md
+    if metrics is not None:
+        # ...and served from a thread started after drop_capabilities: capabilities
+        # are per thread, and the HTTP thread must start with the reduced set.
+        metrics.start()
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
     log.info("pymacvtap %s ready on %s", __version__, socket_path)

@@ -24,25 +24,28 @@ iteration".  A scrape may see one endpoint's counters a few frames apart from
 another's; that is the usual contract of counters.  The HTTP thread never
 calls into the daemon, the engine or the loop.
 
-Start it after the daemon has dropped its capabilities (capabilities are per
-thread: a thread started earlier would keep them all).
+Bind it (:func:`bind_metrics`) before the daemon drops its capabilities, so that
+a port below 1024 can be used, and start its thread (:meth:`MetricsServer.start`)
+after: capabilities are per thread, and a thread started earlier would keep them.
 """
 
 from __future__ import annotations
 
 import platform
+import socket
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import CollectorRegistry
 
 from pymacvtap import __version__
@@ -175,11 +178,16 @@ class DaemonCollector:
 
 
 class MetricsServer:
-    """The HTTP server thread serving ``/metrics``; :meth:`close` stops it."""
+    """The HTTP server serving ``/metrics``: bound, then :meth:`start`-ed; :meth:`close`."""
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, server: WSGIServer) -> None:
         self.server = server
-        self.thread = thread
+        self.thread = threading.Thread(
+            target=server.serve_forever, name="pymacvtap-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -187,9 +195,10 @@ class MetricsServer:
         return str(host), int(port)
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():
+            self.server.shutdown()  # waits for serve_forever: only once it runs
+            self.thread.join(5)
         self.server.server_close()
-        self.thread.join(5)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -200,12 +209,25 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
-def start_metrics(addr: str, port: int, daemon: Daemon) -> MetricsServer:
-    """Serve ``daemon``'s metrics on http://ADDR:PORT/metrics from a daemon thread.
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged: one line per scrape would drown the daemon's log."""
 
+
+def bind_metrics(addr: str, port: int, daemon: Daemon) -> MetricsServer:
+    """A server for ``daemon``'s metrics on http://ADDR:PORT/metrics, bound, not started.
+
+    prometheus_client's ``start_http_server`` binds and starts its thread in one
+    call; the daemon needs the two apart (see the module docstring), so the
+    server is put together here from the library's WSGI app and server class.
     Raises OSError when the address cannot be bound.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
-    server, thread = start_http_server(port, addr=addr, registry=registry)
-    return MetricsServer(server, thread)
+    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(addr, port, make_wsgi_app(registry), Server, _QuietHandler)
+    return MetricsServer(server)

@@ -36,9 +36,9 @@ def metrics_daemon(lab: Lab, tmp_path: Path) -> Iterator[OpsDaemon]:
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(netns: str) -> tuple[str, Samples]:
+def scrape(netns: str, port: int = PORT) -> tuple[str, Samples]:
     """GET /metrics on the daemon's loopback (it lives in the lab's host namespace)."""
-    url = f"http://127.0.0.1:{PORT}/metrics"
+    url = f"http://127.0.0.1:{port}/metrics"
     code = (
         f"import urllib.request;print(urllib.request.urlopen({url!r},timeout=10).read().decode())"
     )
@@ -137,3 +137,27 @@ def test_metrics_are_served_only_where_asked(lab: Lab, metrics_daemon: OpsDaemon
     assert out.returncode != 0
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{PORT}/metrics", timeout=2)
+
+
+def _cap_eff(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no CapEff in {path}")
+
+
+def test_a_port_below_1024_and_no_thread_keeps_more_capabilities(lab: Lab, tmp_path: Path) -> None:
+    """The port is bound before the capabilities go; the HTTP thread starts after."""
+    proc = OpsDaemon(lab.host, tmp_path, ("--metrics", "127.0.0.1:981"))
+    proc.start()
+    try:
+        _, samples = scrape(lab.host, 981)
+        assert value(samples, "pymacvtap_endpoints") == 0
+        tasks = sorted(Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(tasks) >= 2  # the loop's thread and the HTTP server's
+        main = _cap_eff(Path(f"/proc/{proc.pid}/status"))
+        assert all(_cap_eff(task / "status") == main for task in tasks)
+        net_bind_service = 1 << 10
+        assert not main & net_bind_service
+    finally:
+        proc.cleanup()
