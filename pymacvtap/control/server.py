@@ -4,7 +4,10 @@ Every connection is non-blocking and has bounded buffers: a line longer than
 64 KiB closes that connection (after an EMSGSIZE reply), a client whose unread
 replies or monitor events pass ``max_output`` bytes is dropped, a client that
 never sends costs one fd and nothing else, and at most ``max_clients``
-connections are open (the next ones get an EUSERS reply and are closed).
+connections are open (the next ones get an EUSERS reply and are closed).  So
+that one local user cannot take every connection, a caller who is neither root
+nor in the admin group may hold ``max_per_user`` of them, and root has
+``ROOT_RESERVE`` more than ``max_clients`` to reach a daemon others have filled.
 
 Requests are authorized per request from the peer's SO_PEERCRED/SO_PEERGROUPS
 (read once, at accept) — see :mod:`pymacvtap.control.auth` — then handed to the
@@ -56,6 +59,8 @@ from pymacvtap.control.protocol import (
 from pymacvtap.io.loop import Loop, Timer
 
 MAX_CLIENTS = 256
+MAX_PER_USER = 32  # connections of one uid that is neither root nor an admin
+ROOT_RESERVE = 8  # connections only root may open beyond MAX_CLIENTS
 MAX_OUTPUT = 1 << 20  # unsent bytes a client may have queued before it is dropped
 RECV_SIZE = MAX_MESSAGE
 ACCEPT_BATCH = 32
@@ -145,6 +150,7 @@ class ControlServer:
         log: logging.Logger,
         *,
         max_clients: int = MAX_CLIENTS,
+        max_per_user: int = MAX_PER_USER,
         max_output: int = MAX_OUTPUT,
     ) -> None:
         self.loop = loop
@@ -154,8 +160,10 @@ class ControlServer:
         self.admin_group = auth.group_label(admin_gid) if admin_gid is not None else None
         self.log = log
         self.max_clients = max_clients
+        self.max_per_user = max_per_user
         self.max_output = max_output
         self.conns: dict[int, _Conn] = {}
+        self._per_uid: collections.Counter[int] = collections.Counter()
         self._sock = _listen(path)
         self._ino = os.stat(path).st_ino
         self._accept_paused = False
@@ -189,16 +197,8 @@ class ControlServer:
 
     def _accepted(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        if len(self.conns) >= self.max_clients:
-            with contextlib.suppress(OSError):
-                sock.send(
-                    encode_error(
-                        None, "EUSERS", f"too many connections ({self.max_clients}); try again"
-                    ),
-                    socket.MSG_NOSIGNAL,
-                )
-            sock.close()
-            self.log.warning("control: refused a connection: %d open", len(self.conns))
+        if len(self.conns) >= self.max_clients + ROOT_RESERVE:
+            self._refuse(sock, f"too many connections ({self.max_clients}); try again")
             return
         try:
             caller = auth.peer_caller(sock)
@@ -206,9 +206,30 @@ class ControlServer:
             self.log.warning("control: cannot read peer credentials: %s", exc)
             sock.close()
             return
+        if caller.uid != 0 and len(self.conns) >= self.max_clients:
+            self._refuse(sock, f"too many connections ({self.max_clients}); try again")
+            return
+        if (
+            self._per_uid[caller.uid] >= self.max_per_user
+            and caller.uid != 0
+            and not auth.is_admin(caller, self.admin_gid)
+        ):
+            self._refuse(
+                sock,
+                f"too many connections from uid {caller.uid} ({self.max_per_user}); "
+                "close some and try again",
+            )
+            return
         conn = _Conn(sock, caller)
         self.conns[conn.fd] = conn
+        self._per_uid[caller.uid] += 1
         self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+
+    def _refuse(self, sock: socket.socket, message: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(encode_error(None, "EUSERS", message), socket.MSG_NOSIGNAL)
+        sock.close()
+        self.log.warning("control: refused a connection (%d open): %s", len(self.conns), message)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -458,7 +479,11 @@ class ControlServer:
         for chunk in conn.out:
             _close_fds(chunk.fds)
         conn.out.clear()
-        self.conns.pop(conn.fd, None)
+        if self.conns.pop(conn.fd, None) is not None:
+            uid = conn.caller.uid
+            self._per_uid[uid] -= 1
+            if not self._per_uid[uid]:
+                del self._per_uid[uid]
         self.loop.forget(conn.fd)
         conn.sock.close()
 

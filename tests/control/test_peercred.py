@@ -13,6 +13,7 @@ import json
 import pwd
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -192,3 +193,82 @@ def test_root_is_accepted(setup: tuple[RunningServer, pwd.struct_passwd, int, in
     out = run_client(srv.path, [ADD_OWN_ROOT, ("link.show", {}), ("link.del", {"name": "x1"})])
     assert [r["ok"] for r in out["replies"]] == [True, True, True], out
     assert len(out["replies"][1]["result"]) == 4
+
+
+# A client that opens COUNT connections, asks "version" on each and keeps them all open.
+HOARDER = r"""
+import json, socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+socks, replies = [], []
+for n in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(json.dumps({"v": 1, "id": n, "verb": "version", "args": {}}).encode() + b"\n")
+    buf = b""
+    while b"\n" not in buf:
+        data = s.recv(65536)
+        if not data:
+            break
+        buf += data
+    replies.append(json.loads(buf.partition(b"\n")[0]) if buf else None)
+    socks.append(s)
+print(json.dumps(replies), flush=True)
+sys.stdin.read()  # hold the connections until the test says so
+"""
+
+
+def test_one_user_cannot_take_every_connection(
+    make_server: Callable[..., RunningServer], system_user: pwd.struct_passwd
+) -> None:
+    srv = make_server(max_clients=6, max_per_user=3)
+    hoarder = subprocess.Popen(
+        ["setpriv", f"--reuid={system_user.pw_uid}", f"--regid={system_user.pw_gid}",
+         "--clear-groups", "--", SYSTEM_PYTHON, "-I", "-S", "-c", HOARDER, srv.path, "5"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        assert hoarder.stdout is not None
+        replies = json.loads(hoarder.stdout.readline())
+        assert [r["ok"] for r in replies[:3]] == [True, True, True]
+        for refused in replies[3:]:
+            assert refused["error"]["code"] == "EUSERS"
+            assert f"from uid {system_user.pw_uid} (3)" in refused["error"]["message"]
+        # Root (this test) is not limited per user, and still gets in.
+        out = run_client(srv.path, [("version", {})])
+        assert out["replies"][0]["ok"]
+        assert srv.call(lambda: len(srv.server.conns)) >= 3
+    finally:
+        assert hoarder.stdin is not None
+        hoarder.stdin.close()
+        hoarder.wait(timeout=30)
+    # Closed connections free the user's share again.
+    deadline = time.monotonic() + 5
+    while srv.call(lambda: len(srv.server.conns)) != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    again = run_client(srv.path, [("version", {})], user=system_user)
+    assert again["replies"][0]["ok"]
+
+
+def test_root_reaches_a_daemon_others_have_filled(
+    make_server: Callable[..., RunningServer], system_user: pwd.struct_passwd
+) -> None:
+    srv = make_server(max_clients=2, max_per_user=10)
+    hoarder = subprocess.Popen(
+        ["setpriv", f"--reuid={system_user.pw_uid}", f"--regid={system_user.pw_gid}",
+         "--clear-groups", "--", SYSTEM_PYTHON, "-I", "-S", "-c", HOARDER, srv.path, "3"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        assert hoarder.stdout is not None
+        replies = json.loads(hoarder.stdout.readline())
+        assert [r.get("ok", False) for r in replies] == [True, True, False]
+        assert "too many connections (2)" in replies[2]["error"]["message"]
+        assert run_client(srv.path, [("version", {})])["replies"][0]["ok"]  # the reserve
+    finally:
+        assert hoarder.stdin is not None
+        hoarder.stdin.close()
+        hoarder.wait(timeout=30)
