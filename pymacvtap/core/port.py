@@ -45,6 +45,7 @@ class Port:
         "bc_queue",
         "by_mac",
         "endpoints",
+        "fast_paths",
         "groups",
         "mac",
         "macs",
@@ -81,6 +82,9 @@ class Port:
         self.tx_queue: deque[Frame] = deque()
         self.tx_queue_len = DEFAULT_TX_QUEUE_LEN
         self.stats = LowerStats()
+        # The unrolled common cases below; False only in the test that checks
+        # they decide exactly what the general code decides.
+        self.fast_paths = True
         # Endpoints with frames waiting in rx_queue, in the order they became ready.
         self.ready: dict[Endpoint, None] = {}
 
@@ -178,7 +182,7 @@ class Port:
     def _receive(self, frame: Frame) -> Disposition:
         """The receive path proper; bridge-mode local unicast re-enters here too."""
         data = frame.data
-        if not data[0] & 1 and not self.sources and self.passthru is None:
+        if not data[0] & 1 and not self.sources and self.passthru is None and self.fast_paths:
             # The common case, unrolled: unicast with no source-mode listener to
             # copy and no passthru endpoint.  Same outcome and counters as below.
             ep = self.by_mac.get(data[0:6])
@@ -279,7 +283,12 @@ class Port:
         if ep.spoofchk and data[6:12] != ep.mac:
             return self._drop_endpoint(ep, frame, DropReason.SPOOFED)
 
-        if ep.mode is not _BRIDGE and self.up and len(self.tx_queue) < self.tx_queue_len:
+        if (
+            ep.mode is not _BRIDGE
+            and self.up
+            and len(self.tx_queue) < self.tx_queue_len
+            and self.fast_paths
+        ):
             # Every other mode sends everything to the wire (VEPA's whole point):
             # the common case, unrolled, with the same counters as below.
             self.tx_queue.append(frame)
