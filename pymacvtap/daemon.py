@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymacvtap import __version__
@@ -171,7 +171,7 @@ class Daemon:
             undo.append(lambda: self._stop_listening(lower, ep.mode, ep.mac))
             self._follow_netdev(rt, initial=True, restoring=restoring)
             if not restoring:
-                self._save(where)
+                self._save(where, put=[cfg])
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -220,14 +220,14 @@ class Daemon:
             raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        self._save(where)
+        self._save(where, put=[cfg])
         self._emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
         return self._show(rt, stats=False)
 
     def link_del(self, name: str) -> None:
         rt = self._endpoint(name, f"link del {name}")
         self._remove(rt, reason="deleted by request", delete_netdev=True)
-        self._save(f"link del {name}")
+        self._save(f"link del {name}", delete=[name])
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
         if name is not None:
@@ -323,7 +323,7 @@ class Daemon:
                 self.link_add(cfg, restoring=True)
             except (ConfigError, EngineError, OSError) as exc:
                 log.warning("restore %s: %s; endpoint removed", cfg.name, exc)
-        self._save("restore")
+        self._save_all("restore")
         log.info("restored %d of %d endpoint(s)", len(self.endpoints), len(configs))
 
     # -- frontends ---------------------------------------------------------------------
@@ -545,7 +545,7 @@ class Daemon:
                 self._remove(rt, reason=f"lower {ev.ifname} was removed", delete_netdev=True)
             self._release_lower(ev.ifname)
             self._emit({"event": "lower.del", "link": ev.ifname})
-            self._save(f"lower {ev.ifname} removed")
+            self._save(f"lower {ev.ifname} removed", delete=[rt.cfg.name for rt in victims])
             return
         if ev.carrier is not None and ev.carrier != lower.port.up:
             self.engine.set_lower_carrier(ev.ifname, ev.carrier)
@@ -557,14 +557,16 @@ class Daemon:
                         log.warning("%s: cannot set carrier: %s", rt.cfg.name, exc)
             self._emit({"event": "lower.carrier", "link": ev.ifname, "carrier": ev.carrier})
         if ev.mtu is not None and ev.mtu != lower.port.mtu:
+            clamped = []
             for ep in self.engine.set_lower_mtu(ev.ifname, ev.mtu):
                 rt = self.endpoints[ep.name]
                 rt.cfg.mtu = ep.mtu
+                clamped.append(rt.cfg)
                 try:
                     netlink.set_link(rt.cfg.netdev_name, rt.cfg.netns, mtu=ep.mtu)
                 except OSError as exc:
                     log.warning("%s: cannot clamp mtu: %s", ep.name, exc)
-            self._save(f"lower {ev.ifname} mtu")
+            self._save(f"lower {ev.ifname} mtu", put=clamped)
         if ev.mac is not None and ev.mac != lower.port.mac:
             self.engine.set_lower_mac(ev.ifname, ev.mac)
 
@@ -623,7 +625,12 @@ class Daemon:
                 self._set_up(rt, info.up)
         elif initial:
             self._set_up(rt, cfg.starts_up)
-        self._sync_groups(rt)
+        if rt.ep.up:
+            # A down endpoint receives nothing, and the netdev's groups change as it
+            # comes up: they are read then (its up event, or the group poll).  The
+            # read is a pass over every netdev of the namespace (dev_mcast), which
+            # made each link add cost more than the one before.
+            self._sync_groups(rt)
 
     def _sync_groups(self, rt: EndpointRuntime) -> None:
         """The exact multicast filter: the groups joined on the endpoint's netdev.
@@ -647,7 +654,7 @@ class Daemon:
         cfg = rt.cfg
         if ev.deleted:
             self._remove(rt, reason=f"netdev {cfg.netdev_name} was deleted", delete_netdev=False)
-            self._save(f"netdev {cfg.netdev_name} deleted")
+            self._save(f"netdev {cfg.netdev_name} deleted", delete=[cfg.name])
             return
         changed = False
         if ev.allmulti is not None and ev.allmulti != rt.ep.allmulti:
@@ -672,7 +679,7 @@ class Daemon:
                 log.warning("%s: %s; restoring the address", cfg.name, exc)
                 netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(rt.ep.mac))
         if changed:
-            self._save(f"netdev {cfg.netdev_name} changed")
+            self._save(f"netdev {cfg.netdev_name} changed", put=[cfg])
             self._emit({"event": "link.set", "ifname": cfg.name, "source": "netdev"})
 
     def _remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
@@ -716,9 +723,17 @@ class Daemon:
         watcher = self._watchers.get(netns)
         if watcher is None:
             return
-        for ev in watcher.read_events():
+        events = watcher.read_events()
+        # An event carries a device's whole state after one change, so of an endpoint
+        # netdev's events in a batch only the last one is news.  The earlier ones are
+        # stale: a new tap's own random MAC, from before the daemon set the endpoint's,
+        # would flip the endpoint's address back and forth on every link add.
+        last = {ev.ifindex: i for i, ev in enumerate(events)}
+        for i, ev in enumerate(events):
             if netns is None:
                 self._lower_event(ev)
+            if last[ev.ifindex] != i:
+                continue
             rt = self._netdevs.get((netns, ev.ifname))
             if rt is not None and rt.cfg.name in self.endpoints:
                 self._netdev_event(rt, ev)
@@ -750,7 +765,7 @@ class Daemon:
         for rt in gone:
             self._remove(rt, reason=f"netns {rt.cfg.netns} is gone", delete_netdev=False)
         if gone:
-            self._save("netns removed")
+            self._save("netns removed", delete=[rt.cfg.name for rt in gone])
         used = {rt.cfg.netns for rt in self.endpoints.values()}
         for netns in [ns for ns in self._watchers if ns is not None and ns not in used]:
             watcher = self._watchers.pop(netns)
@@ -801,13 +816,26 @@ class Daemon:
                 entry["queue_stats"] = queue_stats()
         return entry
 
-    def _save(self, where: str) -> None:
+    def _save(
+        self, where: str, *, put: Sequence[EndpointConfig] = (), delete: Sequence[str] = ()
+    ) -> None:
+        """Save what changed: the endpoints in ``put`` (new or changed), the names deleted."""
         try:
-            self.state.save([rt.cfg for rt in self.endpoints.values()])
+            self.state.update(put=put, delete=delete)
         except StateError as exc:
-            # The change is live but would not survive a restart: say so loudly.
-            log.error("%s: %s", where, exc)
-            self._emit({"event": "state.error", "message": str(exc)})
+            self._save_failed(where, exc)
+
+    def _save_all(self, where: str) -> None:
+        """Save every endpoint as a new snapshot (after restore)."""
+        try:
+            self.state.save_all([rt.cfg for rt in self.endpoints.values()])
+        except StateError as exc:
+            self._save_failed(where, exc)
+
+    def _save_failed(self, where: str, exc: StateError) -> None:
+        # The change is live but would not survive a restart: say so loudly.
+        log.error("%s: %s", where, exc)
+        self._emit({"event": "state.error", "message": str(exc)})
 
     def _emit(self, event: dict[str, Any]) -> None:
         for callback in list(self._subscribers):
@@ -818,6 +846,12 @@ class Daemon:
 
     def close(self) -> None:
         """Stop without deleting anything: persistent netdevs stay for the next start."""
+        # A fresh snapshot: the state file and its last good copy (the previous
+        # snapshot and its journal) then both hold the endpoints as they are now.
+        try:
+            self.state.compact()
+        except StateError as exc:
+            self._save_failed("shutdown", exc)
         for rt in list(self.endpoints.values()):
             self._forget_fds(rt)
             rt.frontend.close(delete=False)

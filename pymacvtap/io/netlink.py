@@ -123,6 +123,19 @@ def _get(ipr: Any, ifname: str, ns: str | None) -> Any:
         raise _netlink_error(exc, f"{ifname}: get") from None
 
 
+def _index(ifname: str, ns: str | None) -> int:
+    """The ifindex of ``ifname`` in ``ns``; raises LinkNotFound.
+
+    SIOCGIFINDEX looks the name up in the kernel's hash as RTM_GETLINK would,
+    without a netlink round trip and pyroute2's parsing of the reply.
+    """
+    with entered(ns):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            raise LinkNotFound(ifname, ns) from None
+
+
 def _info(msg: Any) -> LinkInfo:
     flags = int(msg["flags"])
     return LinkInfo(
@@ -146,7 +159,7 @@ def link_info(ifname: str, ns: str | None = None) -> LinkInfo:
 
 def link_exists(ifname: str, ns: str | None = None) -> bool:
     try:
-        link_info(ifname, ns)
+        _index(ifname, ns)
     except LinkNotFound:
         return False
     return True
@@ -184,8 +197,8 @@ def set_link(
         kwargs["change"] = change
     if not kwargs:
         return
+    index = _index(ifname, ns)
     with _rtnl(ns) as ipr:
-        index = _get(ipr, ifname, ns)["index"]
         try:
             ipr.link("set", index=index, **kwargs)
         except NetlinkError as exc:
@@ -195,8 +208,8 @@ def set_link(
 def delete_link(ifname: str, ns: str | None = None) -> None:
     """Delete ``ifname``; a device (or namespace) that is already gone is fine."""
     try:
+        index = _index(ifname, ns)
         with _rtnl(ns) as ipr:
-            index = _get(ipr, ifname, ns)["index"]
             try:
                 ipr.link("del", index=index)
             except NetlinkError as exc:
@@ -210,8 +223,8 @@ def move_link(ifname: str, to_ns: str, ns: str | None = None) -> None:
     """Move ``ifname`` from ``ns`` into namespace ``to_ns`` (keeps its name)."""
     fd = os.open(resolve_netns(to_ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
+        index = _index(ifname, ns)
         with _rtnl(ns) as ipr:
-            index = _get(ipr, ifname, ns)["index"]
             try:
                 ipr.link("set", index=index, net_ns_fd=fd)
             except NetlinkError as exc:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from pymacvtap.state import StateStore
 from tests.integration.conftest import LOWER_MAC, Containers
 from tests.lab import Lab, PacketSocket, ip, ip_json
 from tests.lab.daemon import DaemonProcess, wait_until
@@ -280,8 +281,8 @@ def test_failed_link_add_leaves_nothing_behind(
     assert taken in lines[0] and "in use" in lines[0]
     assert [link["ifname"] for link in ip_json(ns, "link", "show")] == ["lo"]
     assert [e["ifname"] for e in daemon.show()] == ["c1"]
-    state = json.loads((daemon.state_dir / "state.json").read_text())
-    assert [e["name"] for e in state["endpoints"]] == ["c1"]
+    saved = StateStore(str(daemon.state_dir)).load()  # what a restart would restore
+    assert [cfg.name for cfg in saved] == ["c1"]
 
 
 # -- restart, lower removal, authorization ---------------------------------------------

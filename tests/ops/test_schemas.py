@@ -173,10 +173,15 @@ def test_monitor_lines_match_the_schema(lab: Lab, daemon: DaemonProcess, tmp_pat
         ip(lab.host, "link", "del", "low1")
         monitor.wait_for(event="lower.del", link="low1")
         monitor.wait_for(event="link.del", ifname="onlow1")
-        (daemon.state_dir / "state.json.tmp").mkdir()  # the next save cannot write
+        # The next save can neither append to the journal nor write a snapshot.
+        blockers = [daemon.state_dir / "state.journal", daemon.state_dir / "state.json.tmp"]
+        for path in blockers:
+            path.unlink(missing_ok=True)
+            path.mkdir()
         daemon.cli("link", "set", "vmstream", "down")
         monitor.wait_for(event="state.error")
-        (daemon.state_dir / "state.json.tmp").rmdir()
+        for path in blockers:
+            path.rmdir()
     finally:
         monitor.close()
     events = monitor.collect()
