@@ -163,12 +163,35 @@ class Frame:
         """
         vnet = self.vnet
         if vnet is not None and vnet.is_gso and vnet.gso_size:
-            headers = vnet.hdr_len if vnet.hdr_len > ETH_HLEN else ETH_HLEN
+            headers = self._gso_headers(vnet)
             return min(len(self.data), headers + vnet.gso_size) - ETH_HLEN
         size = len(self.data) - ETH_HLEN
         if size >= 4 and self.ethertype in (ETH_P_8021Q, ETH_P_8021AD):
             size -= 4
         return size
+
+    def _gso_headers(self, vnet: VnetHeader) -> int:
+        """Bytes of headers repeated in each segment: up to the end of the L4 header.
+
+        Not ``hdr_len``: virtio defines it as a hint of how much to keep linear, and
+        Linux guests put ``skb_headlen()`` there, payload included, which made their
+        segments look too big for the MTU.  With a partial checksum (what GSO comes
+        with) ``csum_start`` is where the L4 header begins, and its length is in
+        the frame (TCP) or fixed (UDP).
+        """
+        data = self.data
+        start = vnet.csum_start
+        if vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and ETH_HLEN < start < len(data):
+            if vnet.gso_type & ~VIRTIO_NET_HDR_GSO_ECN in (
+                VIRTIO_NET_HDR_GSO_TCPV4,
+                VIRTIO_NET_HDR_GSO_TCPV6,
+            ):
+                if start + 12 < len(data):
+                    return start + (data[start + 12] >> 4) * 4
+            else:
+                return start + 8  # UDP: UFO or USO
+        # No usable checksum offset: trust the hint, as before.
+        return vnet.hdr_len if vnet.hdr_len > ETH_HLEN else ETH_HLEN
 
     def __repr__(self) -> str:
         return f"Frame({len(self.data)} bytes, vnet={self.vnet!r})"

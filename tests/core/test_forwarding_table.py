@@ -28,7 +28,11 @@ from __future__ import annotations
 import pytest
 
 from pymacvtap.core import DropReason, Engine, Frame, Mode, Outcome, VnetHeader
-from pymacvtap.core.frame import VIRTIO_NET_HDR_GSO_TCPV4
+from pymacvtap.core.frame import (
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
+)
 
 from .helpers import (
     BROADCAST,
@@ -586,6 +590,24 @@ def test_oversize_segments_are_counted_errors() -> None:
     d = engine.from_endpoint(v1, eth(EXTERNAL, v1.mac, size=65000, vnet=gso_big))
     assert why(d) == "OVERSIZE_FROM_ENDPOINT"
     assert (v1.stats.tx_packets, v1.stats.tx_errors) == (3, 2)
+    # hdr_len is a hint: Linux guests put skb_headlen() there, payload included. The
+    # segment's headers end where the TCP header does (csum_start + its data offset).
+    tcp = 34  # Ethernet + IPv4
+    tcp_header = bytes(12) + bytes([0x80]) + bytes(7)  # data offset 8: 32 bytes, as with timestamps
+    guest = VnetHeader(
+        flags=VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type=VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len=1500, gso_size=1400 - 20 - 32, csum_start=tcp, csum_offset=16,
+    )  # fmt: skip
+    frame = eth(EXTERNAL, v1.mac, size=tcp)
+    frame = Frame(frame.data + tcp_header + bytes(20_000), guest)
+    assert frame.segment_size() == 1400
+    assert engine.from_endpoint(v1, frame).wire
+    one_more = Frame(frame.data, guest.replace(gso_size=guest.gso_size + 1))
+    assert why(engine.from_endpoint(v1, one_more)) == "OVERSIZE_FROM_ENDPOINT"
+    # UDP segmentation: 8 bytes of UDP header after csum_start.
+    uso = guest.replace(gso_type=VIRTIO_NET_HDR_GSO_UDP_L4, gso_size=1400 - 20 - 8)
+    assert Frame(frame.data, uso).segment_size() == 1400
+    assert (v1.stats.tx_packets, v1.stats.tx_errors) == (4, 3)
     # From the wire, the lower's MTU applies; rx_errors on the lower.
     v2 = engine.endpoint("v2")
     assert receive(engine, port, eth(v2.mac, EXTERNAL, size=1514)).receivers == [v2]
