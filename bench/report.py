@@ -217,8 +217,76 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             )
         )
     rtt_rows("rtt_icmp", "RTT c1↔c2 ping -i 0.002")
+    rows.extend(vm_rows(tests.get("vm")))
     rows.extend(scale_rows(results.get("scale")))
     return rows
+
+
+def vm_rows(vm: dict[str, Any] | None) -> list[Row]:
+    """The ``vm`` test: pymacvtap's tap and vhost-user VMs, each against the kernel macvtap VM.
+
+    All three guests run under TCG, which makes them slow: the ratio is the comparison.
+    """
+    if vm is None:
+        return []
+    title = "VM↔c2, QEMU TCG in both columns (compare ratios); kernel column: kernel macvtap"
+    if "error" in vm:
+        return [Row(title, "error", "error")]
+    rows = [Row(title)]
+    kernel = vm.get("kernel")
+    frontends = (("pymacvtap", "tap"), ("pymacvtap_vhost_user", "vhost-user"))
+
+    def ratio(k: Any, p: Any, digits: int) -> str:
+        r = _ratio(k, p)
+        if not r:
+            return ""
+        return _fmt(r, digits if r >= 0.1 else 3) + "×"  # a small ratio keeps a digit
+
+    for variant, frontend in frontends:
+        ours = vm.get(variant)
+        for stat in ("median", "p99"):
+            k, p = _get(kernel, "rtt", f"{stat}_us"), _get(ours, "rtt", f"{stat}_us")
+            rows.append(
+                Row(
+                    f"  ping -i 0.01 from the VM, {frontend}: {stat} (µs)",
+                    _vm_cell(kernel, ("rtt", f"{stat}_us"), 0),
+                    _vm_cell(ours, ("rtt", f"{stat}_us"), 0),
+                    ratio(k, p, 1),
+                )
+            )
+    for variant, frontend in frontends:
+        ours = vm.get(variant)
+        key = ("stream", "mbit_s")
+        rows.append(
+            Row(
+                f"  TCP VM→c2 (httpd in the guest, sendfile), {frontend} (Mbit/s)",
+                _vm_cell(kernel, key, 1),
+                _vm_cell(ours, key, 1),
+                ratio(_get(kernel, *key), _get(ours, *key), 2),
+            )
+        )
+        cpu = _fmt(_get(ours, "stream", "meter", "daemon_cpu_pct_of_core"), 0)
+        wait = _fmt(_get(ours, "stream", "meter", "daemon_runq_wait_pct"), 0)
+        rows.append(
+            Row("    daemon CPU / waiting for a CPU, % of wall time", "", f"{cpu} / {wait}")
+        )
+        qemu = ("stream", "meter", "qemu_cpu_pct_of_core")
+        rows.append(
+            Row(
+                "    QEMU CPU, % of a core (≈ 100: the emulated guest is the limit)",
+                _vm_cell(kernel, qemu, 0),
+                _vm_cell(ours, qemu, 0),
+            )
+        )
+    return rows
+
+
+def _vm_cell(variant: dict[str, Any] | None, path: tuple[str, ...], digits: int) -> str:
+    if variant is None:
+        return "—"
+    if "error" in variant:
+        return "error"
+    return _fmt(_get(variant, *path), digits)
 
 
 def scale_rows(scale: dict[str, Any] | None) -> list[Row]:

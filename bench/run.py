@@ -7,6 +7,10 @@ test, then the daemon's scale.  Prints one table and writes every raw number as 
 ``capture`` measures 64-byte UDP with and without ``pymacvtap capture`` on c2, then counts
 the calls to ``Daemon._captured`` in a short cProfile run of a daemon nobody captures on.
 
+``vm`` boots a QEMU guest (TCG) on each setup's lower — a kernel macvtap, a pymacvtap
+macvtap endpoint with frontend tap, one with frontend vhost-user — and measures ping and TCP
+from it to that setup's c2 (:mod:`bench.vm`).
+
 ``--profile`` instead runs a pymacvtap daemon under cProfile for a TCP 1-stream and a
 64-byte UDP run (one daemon each) and prints the top functions by own time.
 """
@@ -54,6 +58,7 @@ from .measure import (
 from .report import build_rows, render
 from .scale import measure_scale
 from .setups import EXT_ADDRESS, BenchDaemon, Setup, new_lab
+from .vm import measure_vms
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -64,7 +69,8 @@ BLAST_BYTES = 1472
 
 
 TEST_NAMES = (
-    "tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_udp_1cpu", "rtt_icmp", "stalled", "capture"
+    "tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_udp_1cpu", "rtt_icmp", "stalled", "capture",
+    "vm",
 )  # fmt: skip
 DAEMON_ONLY = ("capture",)  # tests that make sense for pymacvtap only
 
@@ -76,16 +82,27 @@ class Config:
     ping_count: int  # ICMP echo requests, 2 ms apart
     scale_endpoints: int
     idle_seconds: float
+    vm_ping_count: int  # ICMP echo requests from each VM, 10 ms apart
     settle: float = 1.0  # pause between measurements (queues drain)
 
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
             return cls(
-                duration=3, rtt_count=2000, ping_count=300, scale_endpoints=100, idle_seconds=3
+                duration=3,
+                rtt_count=2000,
+                ping_count=300,
+                scale_endpoints=100,
+                idle_seconds=3,
+                vm_ping_count=200,
             )
         return cls(
-            duration=10, rtt_count=5000, ping_count=1000, scale_endpoints=1000, idle_seconds=5
+            duration=10,
+            rtt_count=5000,
+            ping_count=1000,
+            scale_endpoints=1000,
+            idle_seconds=5,
+            vm_ping_count=500,
         )
 
 
@@ -346,6 +363,16 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
                     results["tests"][name][kind] = r
                     progress(f"{'':8} {'':9} {_brief(r)}")
                     time.sleep(cfg.settle)
+            if only is None or "vm" in only:
+                results["tests"]["vm"] = measure_vms(
+                    lab,
+                    setups,
+                    workdir / "vm",
+                    ping_count=cfg.vm_ping_count,
+                    stream_seconds=cfg.duration,
+                    progress=progress,
+                    settle=cfg.settle,
+                )
             results["daemon_stats_after"] = _daemon_stats(daemon)
             setups["pymacvtap"].remove_containers()
         finally:
