@@ -146,11 +146,13 @@ DESCRIPTION
 OPTIONS
     NAME, dev NAME   the endpoint to show
     -s               add RX and TX counters (bytes, packets, errors, dropped; RX
-                     multicast), like `ip -s link`
+                     multicast), like `ip -s link`, and the frames dropped or refused
+                     by reason (spoofed, oversize_from_endpoint, rx_queue_full, ...)
     -j               print a JSON list of objects with ifname, link, type, mode, address,
                      mtu, operstate, frontend, path, netns, owner, group, queues,
                      spoofchk; with -s also stats64: {rx: {bytes, packets, errors,
-                     dropped, multicast}, tx: {bytes, packets, errors, dropped}}
+                     dropped, multicast}, tx: {bytes, packets, errors, dropped}} and
+                     drops: {REASON: count}
     -p               indent the JSON
 
 EXAMPLES
@@ -1113,6 +1115,9 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
         lines += _table(
             "TX:", ("bytes", "packets", "errors", "dropped"), [tx.get(k, 0) for k in tx_keys]
         )
+        drops = entry.get("drops")
+        if isinstance(drops, dict) and drops:
+            lines.append("    drops " + " ".join(f"{k} {v}" for k, v in drops.items()))
     return "\n".join(lines)
 
 

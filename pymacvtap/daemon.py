@@ -809,6 +809,13 @@ class Daemon:
             counters["rx"]["dropped"] += rt.frontend.dropped
             counters["tx"]["errors"] += rt.frontend.errors
             entry["stats64"] = counters
+            # Which counter went up and why (iproute2's -s -s detail, by reason).
+            drops = {reason.value[2]: n for reason, n in ep.stats.drops.items() if n}
+            if rt.frontend.dropped:
+                drops["frontend_refused"] = rt.frontend.dropped
+            if rt.frontend.errors:
+                drops["frontend_bad_input"] = rt.frontend.errors
+            entry["drops"] = dict(sorted(drops.items()))
             if port is not None:  # SPEC 2.2: the lower's counters, broadcast-queue drops included
                 entry["lower_stats"] = port.stats.as_dict()
             queue_stats = getattr(rt.frontend, "queue_stats", None)

@@ -93,6 +93,7 @@ def test_link_show_output_matches_the_schema(
         lambda e: e.update(address="02:00:00:00:00:0G"),
         lambda e: e.update(path="/x.sock"),  # a tap frontend has no socket
         lambda e: e["lower_stats"].update(rx_packets=-1),
+        lambda e: e["drops"].update(spoofed=-1),
     ):
         doc = copy.deepcopy(stats)
         change(doc[0])

@@ -96,6 +96,9 @@ def test_spoofchk_drops_and_counts_forged_sources(
         got = drain({"ext": ext}, interesting=lambda d: b"forged" in d)
         assert got["ext"] == []
         assert wait_until(lambda: stats(daemon, "c1")["stats64"]["tx"]["dropped"] - before == 51, 3)
+        assert stats(daemon, "c1")["drops"] == {"spoofed": 51}  # and why, by reason
+        text = daemon.cli("-s", "link", "show", "c1")
+        assert text.splitlines()[-1].split() == ["drops", "spoofed", "51"], text
         raw.send(frame(lab.ext_mac, me, b"genuine"))
         got = drain({"ext": ext}, interesting=lambda d: b"genuine" in d)
         assert len(got["ext"]) == 1
