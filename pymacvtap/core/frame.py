@@ -33,6 +33,7 @@ VIRTIO_NET_HDR_GSO_ECN = 0x80
 VNET_HDR_LEN = 10  # the base header; 12 with num_buffers (mergeable rx / VERSION_1)
 _VNET = struct.Struct("<BBHHHH")  # little-endian: what x86 hosts and VERSION_1 use
 _FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")
+_SEEN_MAX = 4096  # distinct headers remembered by VnetHeader.unpack (~1 MB at most)
 
 
 class VnetHeader:
@@ -44,6 +45,14 @@ class VnetHeader:
 
     __slots__ = ("_packed", "csum_offset", "csum_start", "flags", "gso_size", "gso_type", "hdr_len")
 
+    flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+    _packed: bytes | None
+
     def __init__(
         self,
         flags: int = 0,
@@ -53,21 +62,37 @@ class VnetHeader:
         csum_start: int = 0,
         csum_offset: int = 0,
     ) -> None:
-        self.flags = flags
-        self.gso_type = gso_type
-        self.hdr_len = hdr_len
-        self.gso_size = gso_size
-        self.csum_start = csum_start
-        self.csum_offset = csum_offset
+        # Immutable (see __setattr__): one header read may be shared by many frames.
+        init = object.__setattr__
+        init(self, "flags", flags)
+        init(self, "gso_type", gso_type)
+        init(self, "hdr_len", hdr_len)
+        init(self, "gso_size", gso_size)
+        init(self, "csum_start", csum_start)
+        init(self, "csum_offset", csum_offset)
         # The header as read, when it was read: most frames are written out again
         # unchanged, and handing back these bytes saves packing them per frame.
-        # The fields are therefore not changed after construction (use replace()).
-        self._packed: bytes | None = None
+        init(self, "_packed", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"VnetHeader is immutable: use replace() to change {name}")
 
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0) -> VnetHeader:
-        header = cls(*_VNET.unpack_from(buf, offset))
-        header._packed = bytes(buf[offset : offset + VNET_HDR_LEN])
+        """The header at ``offset`` of ``buf``: a shared object for bytes seen before.
+
+        A flow's frames carry the same few headers over and over (the same checksum
+        offsets, the same segment size), and a dictionary lookup costs a third of
+        building a header; headers are immutable, so sharing one is safe.
+        """
+        packed = bytes(buf[offset : offset + VNET_HDR_LEN])
+        header = _SEEN.get(packed)
+        if header is None:
+            header = cls(*_VNET.unpack(packed))
+            object.__setattr__(header, "_packed", packed)
+            if len(_SEEN) >= _SEEN_MAX:
+                _SEEN.clear()  # a bound, not an LRU: the live headers come back at once
+            _SEEN[packed] = header
         return header
 
     def replace(self, **fields: int) -> VnetHeader:
@@ -123,6 +148,9 @@ class VnetHeader:
             f"gso_size={self.gso_size}, csum_start={self.csum_start}, "
             f"csum_offset={self.csum_offset})"
         )
+
+
+_SEEN: dict[bytes, VnetHeader] = {}
 
 
 class Frame:

@@ -49,7 +49,6 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _HDR12 = struct.Struct("<BBHHHHH")
-_HDR10 = struct.Struct("<BBHHHH")
 _U64_MAX = 1 << 64
 
 # rx_put results
@@ -485,4 +484,4 @@ def _frame_from(segs: list[Segment], hdr_len: int) -> Frame | None:
     gso_type = vnet_src[voff + 1]
     if flags == 0 and gso_type == 0:
         return Frame(data)
-    return Frame(data, VnetHeader(*_HDR10.unpack_from(vnet_src, voff)))
+    return Frame(data, VnetHeader.unpack(vnet_src, voff))

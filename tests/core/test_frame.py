@@ -1,12 +1,14 @@
-"""VnetHeader: read once, written out again as read; changed only through replace()."""
+"""VnetHeader: read once, written out again as read, shared; changed only through replace()."""
 
 from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pymacvtap.core import frame
 from pymacvtap.core.frame import VNET_HDR_LEN, VnetHeader
 
 u8 = st.integers(0, 0xFF)
@@ -34,3 +36,16 @@ def test_replace_makes_a_new_header_with_the_change_packed(hdr_len: int, start: 
     assert changed.pack() == struct.pack("<BBHHHH", 1, 1, hdr_len, 1448, start, 16)
     assert original.pack() == struct.pack("<BBHHHH", 1, 1, 54, 1448, 34, 16)
     assert changed == VnetHeader(1, 1, hdr_len, 1448, start, 16)
+
+
+def test_headers_read_are_shared_immutable_and_remembered_within_a_bound() -> None:
+    raw = struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 6)
+    first = VnetHeader.unpack(bytearray(raw))
+    assert VnetHeader.unpack(raw) is first  # the same bytes: the same object
+    assert VnetHeader.unpack(struct.pack("<BBHHHH", 1, 0, 0, 0, 34, 16)) is not first
+    with pytest.raises(AttributeError):
+        first.csum_start = 0  # type: ignore[misc]
+    assert first.csum_start == 34
+    for gso_size in range(frame._SEEN_MAX + 10):  # many distinct headers: bounded memory
+        VnetHeader.unpack(struct.pack("<BBHHHH", 1, 1, 54, gso_size, 34, 16))
+    assert len(frame._SEEN) <= frame._SEEN_MAX
