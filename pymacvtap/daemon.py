@@ -809,7 +809,7 @@ class Daemon:
             counters["rx"]["dropped"] += rt.frontend.dropped
             counters["tx"]["errors"] += rt.frontend.errors
             entry["stats64"] = counters
-            # Which counter went up and why (iproute2's -s -s detail, by reason).
+            # Which counter went up and why, by reason (the detail ip -s -s gives for errors).
             drops = {reason.value[2]: n for reason, n in ep.stats.drops.items() if n}
             if rt.frontend.dropped:
                 drops["frontend_refused"] = rt.frontend.dropped

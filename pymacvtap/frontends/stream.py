@@ -119,7 +119,8 @@ class StreamFrontend:
                 out += _LEN.pack(len(piece.data))
                 out += piece.data
                 size += 4 + len(piece.data)
-            self._unsent.append(size)
+            if size:
+                self._unsent.append(size)
         if out:
             try:
                 sent = conn.send(out)
