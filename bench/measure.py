@@ -154,12 +154,18 @@ def iperf(netns: str, server: str, *extra: str, duration: float) -> dict[str, An
         netns, "iperf3", "-c", server, "-p", str(IPERF_PORT), "-t", str(duration), "-J", *extra
     )
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    return json_result("iperf3", proc)
+
+
+def json_result(what: str, proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON object a measuring command printed; MeasureError if none, or if it says error."""
     try:
         result: dict[str, Any] = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise MeasureError(f"iperf3: exit {proc.returncode}: {proc.stderr.strip()}") from None
+        tail = proc.stderr.strip()[-500:]
+        raise MeasureError(f"{what}: exit {proc.returncode}: {tail}") from None
     if "error" in result:
-        raise MeasureError(f"iperf3: {result['error']}")
+        raise MeasureError(f"{what}: {result['error']}")
     return result
 
 

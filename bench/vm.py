@@ -46,7 +46,15 @@ from tests.lab import Lab, bridge, ip, ip_json, mac_bytes, run
 from tests.vm.image import VmImage, VmImageError, ensure_vm_image
 from tests.vm.qemu import QEMU, Nic, Vm, boot_vm, new_mac
 
-from .measure import MeasureError, cpu_seconds, metered, netns_argv, percentile, summarize_rtt
+from .measure import (
+    MeasureError,
+    cpu_seconds,
+    json_result,
+    metered,
+    netns_argv,
+    percentile,
+    summarize_rtt,
+)
 from .setups import SUBNET, Setup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,12 +211,7 @@ def stream_from_guest(vm_address: str, netns: str, seconds: float) -> dict[str, 
     fetched = subprocess.run(
         argv, cwd=ROOT, capture_output=True, text=True, timeout=STREAM_WARMUP_S + seconds + 60
     )
-    try:
-        result: dict[str, Any] = json.loads(fetched.stdout)
-    except json.JSONDecodeError:
-        raise MeasureError(f"fetch: exit {fetched.returncode}: {fetched.stderr[-500:]}") from None
-    if "error" in result:
-        raise MeasureError(f"fetch: {result['error']}")
+    result = json_result("fetch", fetched)
     result["sender"] = f"busybox httpd in the guest (sendfile), a {SERVED_FILE_MIB} MiB file"
     return result
 

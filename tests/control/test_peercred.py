@@ -8,6 +8,7 @@ the system interpreter, against a socket in a world-traversable temporary direct
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import pwd
@@ -218,19 +219,29 @@ sys.stdin.read()  # hold the connections until the test says so
 """
 
 
-def test_one_user_cannot_take_every_connection(
-    make_server: Callable[..., RunningServer], system_user: pwd.struct_passwd
-) -> None:
-    srv = make_server(max_clients=6, max_per_user=3)
+@contextlib.contextmanager
+def hoarding(srv: RunningServer, user: pwd.struct_passwd, count: int) -> Iterator[list[Any]]:
+    """``user`` opens ``count`` connections and holds them; yields the replies to each."""
     hoarder = subprocess.Popen(
-        ["setpriv", f"--reuid={system_user.pw_uid}", f"--regid={system_user.pw_gid}",
-         "--clear-groups", "--", SYSTEM_PYTHON, "-I", "-S", "-c", HOARDER, srv.path, "5"],
+        ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+         "--", SYSTEM_PYTHON, "-I", "-S", "-c", HOARDER, srv.path, str(count)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
         env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     try:
         assert hoarder.stdout is not None
-        replies = json.loads(hoarder.stdout.readline())
+        yield json.loads(hoarder.stdout.readline())
+    finally:
+        assert hoarder.stdin is not None
+        hoarder.stdin.close()  # the hoarder exits: its connections close
+        hoarder.wait(timeout=30)
+
+
+def test_one_user_cannot_take_every_connection(
+    make_server: Callable[..., RunningServer], system_user: pwd.struct_passwd
+) -> None:
+    srv = make_server(max_clients=6, max_per_user=3)
+    with hoarding(srv, system_user, 5) as replies:
         assert [r["ok"] for r in replies[:3]] == [True, True, True]
         for refused in replies[3:]:
             assert refused["error"]["code"] == "EUSERS"
@@ -239,10 +250,6 @@ def test_one_user_cannot_take_every_connection(
         out = run_client(srv.path, [("version", {})])
         assert out["replies"][0]["ok"]
         assert srv.call(lambda: len(srv.server.conns)) >= 3
-    finally:
-        assert hoarder.stdin is not None
-        hoarder.stdin.close()
-        hoarder.wait(timeout=30)
     # Closed connections free the user's share again.
     deadline = time.monotonic() + 5
     while srv.call(lambda: len(srv.server.conns)) != 0:
@@ -256,19 +263,7 @@ def test_root_reaches_a_daemon_others_have_filled(
     make_server: Callable[..., RunningServer], system_user: pwd.struct_passwd
 ) -> None:
     srv = make_server(max_clients=2, max_per_user=10)
-    hoarder = subprocess.Popen(
-        ["setpriv", f"--reuid={system_user.pw_uid}", f"--regid={system_user.pw_gid}",
-         "--clear-groups", "--", SYSTEM_PYTHON, "-I", "-S", "-c", HOARDER, srv.path, "3"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    try:
-        assert hoarder.stdout is not None
-        replies = json.loads(hoarder.stdout.readline())
+    with hoarding(srv, system_user, 3) as replies:
         assert [r.get("ok", False) for r in replies] == [True, True, False]
         assert "too many connections (2)" in replies[2]["error"]["message"]
         assert run_client(srv.path, [("version", {})])["replies"][0]["ok"]  # the reserve
-    finally:
-        assert hoarder.stdin is not None
-        hoarder.stdin.close()
-        hoarder.wait(timeout=30)
