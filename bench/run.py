@@ -267,7 +267,8 @@ def capture_cost(setup: Setup, duration: float, settle: float) -> dict[str, Any]
         stderr=subprocess.PIPE,
     )
     try:
-        time.sleep(1.0)  # started and subscribed
+        assert capture.stderr is not None
+        first = capture.stderr.readline()  # "capturing on …": subscribed (or an error)
         cpu0 = cpu_seconds(capture.pid) if capture.poll() is None else 0.0
         out["on"] = on = measured(pid, udp)
         if capture.poll() is None and "meter" in on:
@@ -278,7 +279,8 @@ def capture_cost(setup: Setup, duration: float, settle: float) -> dict[str, Any]
         stop(capture)
     if not ran_through:
         assert capture.stderr is not None
-        out["on"] = {"error": f"capture exited early: {capture.stderr.read().decode().strip()}"}
+        said = (first + capture.stderr.read()).decode().strip()
+        out["on"] = {"error": f"capture exited early: {said}"}
     return out
 
 

@@ -312,8 +312,10 @@ DESCRIPTION
     line per frame is printed; with -w the frames are written to FILE as a pcap file
     (link type Ethernet) that tcpdump and Wireshark read; "-w -" writes it to standard
     output.  Offloaded super-frames are recorded as the one large frame they are.
-    The endpoint's owner and group, root and the admin group may capture.  When nobody
-    captures, the daemon's data path does no capture work at all.
+    Once the daemon has accepted, "pymacvtap: capturing on NAME, both directions" is
+    printed on standard error (as tcpdump's "listening on"): no frame after that line is
+    missed.  The endpoint's owner and group, root and the admin group may capture.  When
+    nobody captures, the daemon's data path does no capture work at all.
 
 OPTIONS
     -w FILE     write a pcap file instead of printing a summary per frame
@@ -573,7 +575,11 @@ def _run_capture(opts: Options, cmd: Capture, out: TextIO) -> int:
         if sink is not None:
             sink.write(_PCAP_HEADER)
             sink.flush()
-        for event in client.stream("capture", {"name": cmd.name}):
+        events = client.stream("capture", {"name": cmd.name})
+        # As tcpdump says "listening on": from here on no frame is missed, which is
+        # what a script starting traffic after the capture waits for.
+        print(f"{PROG}: capturing on {cmd.name}, both directions", file=sys.stderr, flush=True)
+        for event in events:
             frame = event.get("capture")
             if not isinstance(frame, dict):
                 continue

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.integration.conftest import Containers
@@ -19,7 +18,9 @@ def start_capture(daemon: DaemonProcess, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)  # the capture is registered once the daemon has replied
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # printed once the daemon has accepted the capture
+    assert line.startswith(f"pymacvtap: capturing on {args[0]}"), line + proc.stderr.read()
     return proc
 
 
