@@ -224,8 +224,9 @@ def test_passthru_takes_the_lower_over(
     with PacketSocket(ns, "eth0") as s, lab.ext_socket() as ext:
         s.flush()
         ext.send(frame(bytes.fromhex("02aabbccddee"), lab.ext_mac, b"to-anyone"))
-        time.sleep(0.3)
-        assert any(b"to-anyone" in c.data for c in s.read_all() if not c.outgoing)
+        assert wait_until(
+            lambda: any(b"to-anyone" in c.data for c in s.read_all() if not c.outgoing), 5
+        )
     assert containers.ping("p1", "ext")
     # Setting its address sets the lower's, as in the kernel.
     daemon.cli("link", "set", "p1", "address", "02:00:00:00:0b:99")
