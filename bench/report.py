@@ -326,6 +326,14 @@ def scale_rows(scale: dict[str, Any] | None) -> list[Row]:
             _fmt(scale.get("idle_cpu_pct_of_core"), 1),
         )
     )
+    if "idle_cpu_up_pct_of_core" in scale:
+        rows.append(
+            Row(
+                f"daemon idle CPU with {n} endpoints up (% of a core)",
+                "",
+                _fmt(scale.get("idle_cpu_up_pct_of_core"), 1),
+            )
+        )
     return rows
 
 

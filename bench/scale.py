@@ -1,6 +1,7 @@
 """Scale: the daemon's memory at 0, 100 and N endpoints, and the time per ``link add``.
 
-Endpoints are tap netdevs in the daemon's own (host) namespace, left down.  ``link add``
+Endpoints are tap netdevs in the daemon's own (host) namespace, left down until the idle
+CPU has been measured, then brought up for a second idle measurement.  ``link add``
 is timed two ways:
 
 * the CLI, one ``python -m pymacvtap link add ...`` process per endpoint — what a user
@@ -97,6 +98,14 @@ def measure_scale(
             time.sleep(idle_seconds)
             out["idle_cpu_pct_of_core"] = 100.0 * (cpu_seconds(pid) - cpu0) / idle_seconds
             out["idle_seconds"] = idle_seconds
+            # Up, the endpoints' multicast lists are polled (the kernel announces no
+            # change to them): the idle cost that scales with endpoints is this one.
+            for i in range(created):
+                client.request("link.set", {"name": _name(i), "changes": {"up": True}})
+            time.sleep(1.0)
+            cpu0 = cpu_seconds(pid)
+            time.sleep(idle_seconds)
+            out["idle_cpu_up_pct_of_core"] = 100.0 * (cpu_seconds(pid) - cpu0) / idle_seconds
         finally:
             t0 = time.perf_counter()
             for i in range(created):

@@ -252,23 +252,32 @@ def disable_ipv6(ifname: str, ns: str | None = None) -> None:
 
 
 def multicast_groups(ifname: str, ns: str | None = None) -> set[bytes]:
-    """The link-layer multicast addresses ``ifname`` has joined (its mc list).
-
-    Read from dev_mcast through /proc/thread-self: /proc/self/net would show
-    the namespace of the process's main thread, not the one we just entered.
-    """
+    """The link-layer multicast addresses ``ifname`` has joined (its mc list)."""
     with entered(ns):
         try:
             socket.if_nametoindex(ifname)
         except OSError:
             raise LinkNotFound(ifname, ns) from None
-        with open("/proc/thread-self/net/dev_mcast") as f:
-            lines = f.read().splitlines()
-    groups: set[bytes] = set()
+        return _read_dev_mcast().get(ifname, set())
+
+
+def all_multicast_groups(ns: str | None = None) -> dict[str, set[bytes]]:
+    """The mc list of every device of ``ns`` that has one, by name: one read for all."""
+    with entered(ns):
+        return _read_dev_mcast()
+
+
+def _read_dev_mcast() -> dict[str, set[bytes]]:
+    # Through /proc/thread-self: /proc/self/net would show the namespace of the
+    # process's main thread, not the one this thread just entered.  The file lists
+    # every device of the namespace, so reading it is O(devices): read it once.
+    with open("/proc/thread-self/net/dev_mcast") as f:
+        lines = f.read().splitlines()
+    groups: dict[str, set[bytes]] = {}
     for line in lines:
         fields = line.split()
-        if len(fields) >= 5 and fields[1] == ifname:
-            groups.add(bytes.fromhex(fields[4]))
+        if len(fields) >= 5:
+            groups.setdefault(fields[1], set()).add(bytes.fromhex(fields[4]))
     return groups
 
 

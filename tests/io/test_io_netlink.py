@@ -124,6 +124,13 @@ def test_multicast_groups(veth: Veth) -> None:
     assert bytes.fromhex("01005e010203") not in netlink.multicast_groups(veth.a, veth.ns_a)
     with pytest.raises(LinkNotFound):
         netlink.multicast_groups("nosuch0", veth.ns_b)
+    # One read for every device of the namespace: the same lists, by name.
+    every = netlink.all_multicast_groups(veth.ns_b)
+    assert every[veth.b] == result[0]
+    assert veth.a not in every  # it lives in the other namespace
+    assert netlink.all_multicast_groups(veth.ns_a)[veth.a] == netlink.multicast_groups(
+        veth.a, veth.ns_a
+    )
 
 
 def test_link_watcher(veth: Veth) -> None:
