@@ -76,10 +76,6 @@ _rx_view = memoryview(_rx_buf)
 _FRAME_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE, errno.EFAULT})
 
 
-class FrameRejected(OSError):
-    """The tap refused this one frame; count a drop and carry on."""
-
-
 def _ifreq(ifname: str, flags: int) -> bytes:
     name = ifname.encode()
     if not name or len(name) > 15:
@@ -250,32 +246,6 @@ class Tap:
             frames.append(Frame(bytes(view[hdr:n]), vnet))
         return frames
 
-    def write(self, frame: Frame, queue_index: int = 0) -> bool:
-        """Hand one frame to the tap's stack.  False: full, retry when writable.
-
-        Raises :class:`FrameRejected` when the kernel refuses this frame
-        (EIO while the tap is down, EINVAL for a malformed frame).
-        """
-        fd = self._fds[queue_index]
-        hdr_size = self.vnet_hdr_size
-        try:
-            if hdr_size:
-                vnet = frame.vnet
-                if vnet is None:
-                    hdr = _ZERO_HDR.get(hdr_size) or bytes(hdr_size)  # no allocation, usually
-                else:
-                    hdr = vnet.pack().ljust(hdr_size, b"\0")
-                os.writev(fd, (hdr, frame.data))
-            else:
-                os.write(fd, frame.data)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno in _FRAME_ERRNOS:
-                raise FrameRejected(exc.errno, f"tap {self.ifname}: {exc.strerror}") from None
-            raise
-        return True
-
     def write_batch(
         self, queue: deque[Frame], budget: int, queue_index: int = 0
     ) -> tuple[int, int]:
@@ -283,10 +253,10 @@ class Tap:
         empty, ``budget`` frames are done, or the tap is full.
 
         Returns ``(written, rejected)``: rejected frames are the ones the kernel
-        refused (see :meth:`write`), dropped.  Frames left in the queue with budget
-        to spare mean the tap is full: wait until it is writable.  The loop of
-        :meth:`write`, without a call per frame: this runs for every frame to a
-        container.
+        refused for what they are (EIO while the tap is down, EINVAL for a malformed
+        frame), dropped.  Frames left in the queue with budget
+        to spare mean the tap is full: wait until it is writable.  One loop for the
+        batch, no call per frame: this runs for every frame to a container.
         """
         fd = self._fds[queue_index]
         hdr_size = self.vnet_hdr_size
