@@ -22,6 +22,7 @@ from tests.integration.conftest import LOWER_MAC, Containers
 from tests.lab import Lab, PacketSocket, ip, ip_json
 from tests.lab.daemon import DaemonProcess, wait_until
 from tests.lab.monitor import EventMonitor
+from tests.lab.transfer import DigestReceiver
 from tests.lab.users import temporary_user
 
 ETH_P_TEST = 0x88B5
@@ -51,22 +52,7 @@ def test_vepa_ping_and_tcp_transfer_through_the_hairpin(
     blob = os.urandom(4 << 20)
     src = tmp_path / "blob"
     src.write_bytes(blob)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", containers.netns["c2"], sys.executable, "-c",
-         "import socket,hashlib,sys\n"
-         "s=socket.create_server(('0.0.0.0',5201));print('ready',flush=True)\n"
-         "c,_=s.accept();h=hashlib.sha256();n=0\n"
-         "while True:\n"
-         "    b=c.recv(1<<20)\n"
-         "    if not b: break\n"
-         "    h.update(b);n+=len(b)\n"
-         "print(n,h.hexdigest(),flush=True)\n"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
+    with DigestReceiver(containers.netns["c2"], 5201) as receiver:
         subprocess.run(
             ["ip", "netns", "exec", containers.netns["c1"], sys.executable, "-c",
              "import socket,sys\n"
@@ -75,11 +61,8 @@ def test_vepa_ping_and_tcp_transfer_through_the_hairpin(
             check=True,
             timeout=60,
         )  # fmt: skip
-        size, digest = server.stdout.readline().split()
-    finally:
-        server.kill()
-        server.wait()
-    assert int(size) == len(blob)
+        size, digest = receiver.result()
+    assert size == len(blob)
     assert digest == hashlib.sha256(blob).hexdigest()
 
 

@@ -13,6 +13,7 @@ from tests.integration.conftest import Containers
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess
 from tests.lab.monitor import EventMonitor
+from tests.lab.transfer import DigestReceiver
 from tests.reliability.conftest import LOWER_MAC, record, wait_until
 from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir
 
@@ -64,20 +65,8 @@ def test_netns_deleted_under_its_endpoint(
     record("faults injected: endpoint netns deleted")
 
 
-def _tcp_transfer(containers: Containers, size: int) -> tuple[subprocess.Popen[str], list[str]]:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", containers.netns["c2"], sys.executable, "-c",
-         "import socket,hashlib\n"
-         "s=socket.create_server(('0.0.0.0',5301));print('ready',flush=True)\n"
-         "c,_=s.accept();h=hashlib.sha256();n=0\n"
-         "while True:\n"
-         "    b=c.recv(1<<20)\n"
-         "    if not b: break\n"
-         "    h.update(b);n+=len(b)\n"
-         "print(n,h.hexdigest(),flush=True)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+def _tcp_transfer(containers: Containers, size: int) -> tuple[DigestReceiver, list[str]]:
+    receiver = DigestReceiver(containers.netns["c2"], 5301)
     client = [
         "ip", "netns", "exec", containers.netns["c1"], sys.executable, "-c",
         "import socket,hashlib,os,sys,time\n"
@@ -87,7 +76,7 @@ def _tcp_transfer(containers: Containers, size: int) -> tuple[subprocess.Popen[s
         "    c.sendall(blob[i:i+(1<<16)]);time.sleep(0.002)\n"
         "c.close()\n",
     ]  # fmt: skip
-    return server, client
+    return receiver, client
 
 
 def test_daemon_sigkilled_mid_transfer_and_restarted(
@@ -96,7 +85,7 @@ def test_daemon_sigkilled_mid_transfer_and_restarted(
     containers.add("c1", "vepa")
     containers.add("c2", "bridge")
     assert containers.ping("c1", "c2")
-    server, client_argv = _tcp_transfer(containers, 24 << 20)
+    receiver, client_argv = _tcp_transfer(containers, 24 << 20)
     client = subprocess.Popen(client_argv, stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout is not None
@@ -107,13 +96,12 @@ def test_daemon_sigkilled_mid_transfer_and_restarted(
         time.sleep(1.0)  # TCP retransmits into the void meanwhile
         daemon.start()
         assert client.wait(90) == 0
-        assert server.stdout is not None
-        size, got = server.stdout.readline().split()
+        size, got = receiver.result()
     finally:
-        for p in (client, server):
-            p.kill()
-            p.wait()
-    assert int(size) == 24 << 20 and got == digest
+        client.kill()
+        client.wait()
+        receiver.close()
+    assert size == 24 << 20 and got == digest
     assert containers.ping("c1", "ext")
     record("faults injected: daemon SIGKILLed mid-transfer")
 
