@@ -324,13 +324,15 @@ class Port:
             self._count_tx(ep, frame)
             d.wire = True
             return d
-        if d.receivers:
-            # Local bridge copies went out; only the wire copy is lost, and the
-            # kernel counts that as a failed transmit (tx_dropped).
-            self._drop_endpoint(ep, frame, reason)
-            d.reason = reason
-            return d
-        return self._drop_endpoint(ep, frame, reason)
+        self._drop_endpoint(ep, frame, reason)
+        d.reason = reason
+        if not d.receivers:
+            # Bridge peers may have been offered a copy and refused it (their
+            # queues were full): ``d`` keeps them, so their rx_dropped is accounted.
+            d.outcome = Outcome.DROPPED
+        # Otherwise local bridge copies went out; only the wire copy is lost, and
+        # the kernel counts that as a failed transmit (tx_dropped).
+        return d
 
     @staticmethod
     def _count_tx(ep: Endpoint, frame: Frame) -> None:

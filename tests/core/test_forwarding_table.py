@@ -553,6 +553,14 @@ def test_rx_queue_bound_drops_are_charged_to_the_receiver() -> None:
     assert d.outcome is Outcome.DROPPED and why(d) == "RX_QUEUE_FULL"
     assert d.refused == [b2] and b2.stats.rx_dropped == 1
     assert (b1.stats.tx_packets, b1.stats.tx_dropped) == (2, 0)
+    # A bridge group frame that no peer could take and the wire could not take
+    # either: the refusal stays in the disposition next to the wire's reason.
+    engine.set_lower_carrier("eth0", False)
+    d = engine.from_endpoint(b1, eth(BROADCAST, b1.mac))
+    assert d.outcome is Outcome.DROPPED and why(d) == "LOWER_DOWN"
+    assert d.refused == [b2] and d.receivers == [] and not d.wire
+    assert b2.stats.rx_dropped == 2
+    assert (b1.stats.tx_packets, b1.stats.tx_dropped) == (2, 1)
 
 
 @pytest.mark.parametrize("length", range(14))
