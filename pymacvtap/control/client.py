@@ -127,9 +127,26 @@ class Client:
         try:
             self.sock.sendall(data)
         except OSError as exc:
+            # A daemon that refuses a connection (too many open) says why and
+            # closes at once, so the first send can fail before we read it:
+            # show its reason rather than the broken pipe.
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal from None
             raise ClientError(
                 f"lost the connection to the daemon at {self.path}: {_why(exc)}"
             ) from None
+
+    def _refusal(self) -> RemoteError | None:
+        """The error the daemon left before it closed the connection, if any."""
+        self.sock.settimeout(0)
+        try:
+            msg = self._receive()
+        except ClientError:
+            return None
+        if isinstance(msg, Reply) and not msg.ok:
+            return RemoteError(msg.code, msg.message)
+        return None
 
     def _receive(self) -> Reply | Event:
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import stat
 import threading
@@ -296,6 +297,28 @@ def test_connection_limit(make_server: Callable[..., RunningServer]) -> None:
             time.sleep(0.01)
         with Client(srv.path, timeout=10) as c:
             assert c.request("version")["protocol"] == 1
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_client_shows_the_refusal_that_arrived_before_its_request(
+    make_server: Callable[..., RunningServer],
+) -> None:
+    """The daemon refuses and closes at once; the first send then fails with EPIPE."""
+    srv = make_server(max_clients=1)
+    socks = [raw(srv.path) for _ in range(1 + ROOT_RESERVE)]
+    try:
+        for s in socks:
+            s.sendall(encode_request(1, "version"))
+            assert read_lines(s, 1)[0]["ok"]
+        with Client(srv.path, timeout=10) as c:
+            select.select([c.sock], [], [], 10)
+            srv.call(lambda: None)  # the refusal's close ran in the same loop turn
+            with pytest.raises(RemoteError) as info:
+                c.request("version")
+            assert info.value.code == "EUSERS"
+            assert "too many connections (1)" in str(info.value)
     finally:
         for s in socks:
             s.close()
