@@ -49,6 +49,7 @@ from pymacvtap.frontends.vhost_user import VhostUserFrontend
 from pymacvtap.frontends.vmtap import VmTapFrontend
 from pymacvtap.io import netlink
 from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.allocator import keep_freed_frames_mapped
 from pymacvtap.io.caps import DAEMON_CAPABILITIES, drop_capabilities
 from pymacvtap.io.loop import Loop
 from pymacvtap.io.netns import netns_exists
@@ -920,6 +921,7 @@ def main(args: argparse.Namespace) -> int:
         except KeyError:
             print(f"pymacvtap: daemon: group {args.admin_group}: no such group", file=sys.stderr)
             return 1
+    keep_freed_frames_mapped()
     loop = Loop()
     loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
     daemon = Daemon(loop, StateStore(args.state_dir or DEFAULT_STATE_DIR, log.warning))
