@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import pytest
 from pymacvtap.cni import SUPPORTED_VERSIONS, endpoint_name
 from tests.lab import Lab, ip, ip_json
 from tests.lab.daemon import DaemonProcess
+from tests.lab.readme import code_blocks
 from tests.ops.conftest import EXT_IP, SUBNET
 
 HOST_LOCAL = "/usr/lib/cni/host-local"  # Debian's containernetworking-plugins
@@ -270,4 +272,58 @@ def test_versions_ip_version_field_and_errors(lab: Lab, daemon: DaemonProcess, c
     assert daemon.show() == []
     assert error("ADD", cni.config(ipam=False) | {"ipam": {"type": "nosuch"}}, container="x",
                  netns=ns)["code"] == 7  # fmt: skip
+    assert daemon.show() == []
+
+
+def test_the_readme_example_adds_and_deletes_a_container(
+    lab: Lab, daemon: DaemonProcess, cni: Cni, tmp_path: Path
+) -> None:
+    """The README's CNI example, run as written but for the paths only a test changes:
+    CNI_PATH, the configuration file, the namespace, the lower and the daemon's socket."""
+    [block] = code_blocks("Containers (CNI)", "sh")
+    m = re.search(r"<<'JSON'\n(.*?\n)JSON\n", block, re.DOTALL)
+    assert m, block
+    conf = json.loads(m[1])
+    assert (conf["type"], conf["mode"], conf["master"]) == (PLUGIN, "bridge", "eth0")
+    conf_file = tmp_path / "10-pmvt.conf"
+    conf_file.write_text(
+        json.dumps(
+            dict(
+                conf,
+                master="low0",
+                socket=str(daemon.socket),
+                ipam=dict(conf["ipam"], dataDir=str(cni.data_dir)),
+            )
+        )
+    )
+    netns = f"/run/netns/{lab.add_netns('ctr1')}"
+    replaced = {
+        "/usr/lib/cni": str(cni.path),
+        "/etc/cni/net.d/10-pmvt.conf": str(conf_file),
+        "/run/netns/ctr1": netns,
+    }
+    text = block.replace("\\\n", " ")
+    for old, new in replaced.items():
+        text = text.replace(old, new)
+    commands = [ln for ln in text.splitlines() if ln.startswith("CNI_COMMAND=")]
+    assert [c.split()[0] for c in commands] == ["CNI_COMMAND=ADD", "CNI_COMMAND=DEL"]
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": f"{cni.path}:{os.environ['PATH']}"}
+        return subprocess.run(
+            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+        )
+
+    added = run(commands[0])
+    assert added.returncode == 0, added.stdout + added.stderr
+    result = json.loads(added.stdout)
+    # What the README says comes back.
+    shown = re.search(r'"ips": (\[.*?\])', block)
+    assert shown, block
+    assert result["ips"] == json.loads(shown[1])
+    assert result["interfaces"][0]["name"] == "eth0"
+    assert result["interfaces"][0]["sandbox"] == netns
+    assert ping(netns, EXT_IP)  # the route to the gateway the ipam section gives
+    deleted = run(commands[1])
+    assert (deleted.returncode, deleted.stdout) == (0, ""), deleted.stderr
     assert daemon.show() == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pymacvtap import __version__
 from pymacvtap.metrics import parse_address
-from tests.lab import Lab, ip
+from tests.lab import Lab, ip, socket_in
+from tests.lab.daemon import wait_until
+from tests.lab.readme import code_blocks, expand_braces, readme_section
 from tests.ops.conftest import EXT_IP, SUBNET, OpsDaemon
 
 PORT = 9477
@@ -161,3 +165,64 @@ def test_a_port_below_1024_and_no_thread_keeps_more_capabilities(lab: Lab, tmp_p
         assert not main & net_bind_service
     finally:
         proc.cleanup()
+
+
+def test_the_readme_example_and_table(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+    """The Metrics section: its example's address and output line, and every metric of
+    its table served with no label beyond the ones the table lists."""
+    [block] = code_blocks("Metrics", "sh")
+    assert f"pymacvtap daemon --metrics 127.0.0.1:{PORT} &" in block
+    m = re.search(r"grep '\^(\w+)'\n# (\S+) (\S+)\n", block)
+    assert m, block
+    name, shown_series, shown_value = m.groups()
+    ns = lab.add_netns("c1")
+    metrics_daemon.cli("link", "add", "link", "low0", "name", "c1", "type", "macvlan",
+                       "mode", "vepa", "netns", ns, "ifname", "eth0")  # fmt: skip
+    ip(ns, "addr", "add", f"{SUBNET}.21/24", "dev", "eth0")
+    ip(ns, "link", "set", "eth0", "up")
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "ping", "-c", str(PINGS), "-i", "0.2", "-W", "1", EXT_IP],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    text, samples = scrape(lab.host)
+    [line] = [ln for ln in text.splitlines() if ln.startswith(name)]
+    series, count = line.split(" ")
+    assert series == shown_series
+    assert float(shown_value) == PINGS <= float(count)
+
+    table = [row.split(" | ") for row in readme_section("Metrics").splitlines()
+             if row.startswith("| `pymacvtap_")]  # fmt: skip
+    assert len(table) == 7, table
+    endpoint_labels = {"endpoint", "lower", "mode", "type"}
+    for names_cell, labels_cell, _meaning in table:
+        listed = {label.strip() for label in labels_cell.split(",") if label.strip()}
+        if "…" in listed:
+            listed = (listed - {"…"}) | endpoint_labels
+        for pattern in re.findall(r"`(\w[^`]*)`", names_cell):
+            for metric in expand_braces(pattern):
+                served = [ls for (n, ls) in samples if n == metric]
+                if metric.endswith("drops_total") and not served:
+                    continue  # nothing dropped yet: no series, checked below
+                assert served, f"README lists {metric}, the daemon does not serve it"
+                for labels in served:
+                    assert {k for k, _ in labels} <= listed, (metric, labels)
+    # A drop, for the drops-by-reason series: a frame with a forged source, spoofchk on.
+    metrics_daemon.cli("link", "set", "c1", "spoofchk", "on")
+    with socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        raw.bind(("eth0", 0))
+        raw.send(b"\xff" * 6 + bytes.fromhex("02000000beef0800") + bytes(46))
+
+    def drops() -> list[frozenset[tuple[str, str]]]:
+        return [ls for (n, ls) in scrape(lab.host)[1] if n == "pymacvtap_endpoint_drops_total"]
+
+    assert wait_until(drops)
+    _, later = scrape(lab.host)
+    spoofed = drops()
+    assert spoofed == [frozenset({*series_labels(shown_series), ("reason", "spoofed")})]
+    assert {k for k, _ in spoofed[0]} == endpoint_labels | {"reason"}
+    assert value(later, "pymacvtap_endpoint_drops_total", reason="spoofed") == 1
+
+
+def series_labels(series: str) -> set[tuple[str, str]]:
+    """``name{a="1",b="2"}`` -> ``{("a", "1"), ("b", "2")}``."""
+    return set(re.findall(r'(\w+)="([^"]*)"', series))

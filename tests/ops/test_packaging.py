@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from pymacvtap.cli import Daemon, parse
 from pymacvtap.io.caps import DAEMON_CAPABILITIES
 from tests.lab import Lab
 from tests.lab.daemon import DaemonProcess, as_user_argv
+from tests.lab.readme import code_blocks
 from tests.lab.users import temporary_user
 from tests.ops.conftest import REPO
 
@@ -212,3 +215,28 @@ t pymacvtap mon
     assert lines[0] == "complete -F _pymacvtap pymacvtap"
     assert lines[1:] == ["add", "show set", "macvlan macvtap", "vhost-user", "--metrics",
                          "monitor"]  # fmt: skip
+
+
+def test_the_readme_service_configuration(installed: Installed, tmp_path: Path) -> None:
+    """The README's PYMACVTAP_ARGS line is options the daemon takes, and its drop-in,
+    added to the installed unit, still verifies."""
+    conf_block, drop_in = code_blocks("Running as a service", "sh")[1:] + code_blocks(
+        "Running as a service", "ini"
+    )
+    args = subprocess.check_output(
+        ["sh", "-c", f'{conf_block}\nprintf %s "$PYMACVTAP_ARGS"'], text=True
+    )
+    _opts, parsed = parse(["daemon", *shlex.split(args)])
+    assert isinstance(parsed, Daemon)
+    assert (parsed.args.admin_group, parsed.args.metrics) == ("pymacvtap", "127.0.0.1:9477")
+    unit_dir = tmp_path / "units"
+    (unit_dir / "pymacvtap.service.d").mkdir(parents=True)
+    shutil.copy(installed.unit, unit_dir / "pymacvtap.service")
+    (unit_dir / "pymacvtap.service.d" / "metrics.conf").write_text(drop_in)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_dir / "pymacvtap.service")],
+        env=dict(os.environ, MANPATH=f"{installed.man}:", SYSTEMD_UNIT_PATH=f"{unit_dir}:"),
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "AF_INET" in drop_in

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import queue
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import pytest
 
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess
+from tests.lab.readme import code_blocks, expand_braces
 from tests.ops.conftest import EXT_IP, SUBNET, wait_until
 
 
@@ -204,3 +207,18 @@ def test_monitor_lines_match_the_schema(lab: Lab, daemon: DaemonProcess, tmp_pat
 @pytest.mark.parametrize("name", ["link-show", "monitor"])
 def test_schemas_are_valid_draft_2020_12(name: str) -> None:
     assert schema(name).schema["$schema"].endswith("2020-12/schema")
+    jsonschema.Draft202012Validator.check_schema(schema(name).schema)
+
+
+def test_the_readme_command_finds_the_schemas() -> None:
+    [block] = code_blocks("Machine-readable output", "sh")
+    command, shown = block.splitlines()
+    assert command.startswith("python3 -c ")
+    out = subprocess.run(
+        [sys.executable, "-c", shlex.split(command)[2]],
+        capture_output=True, text=True, check=True, cwd="/",
+    ).stdout.strip()  # fmt: skip
+    m = re.fullmatch(r"# …/pymacvtap/schemas/(\S+)", shown)
+    assert m, shown
+    assert out.endswith("/pymacvtap/schemas")
+    assert sorted(p.name for p in Path(out).iterdir()) == sorted(expand_braces(m[1]))

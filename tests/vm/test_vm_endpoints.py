@@ -48,12 +48,12 @@ import pytest
 
 from tests.lab import Lab, ip
 from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv, public_package_copy
+from tests.lab.readme import code_blocks, readme_section
 from tests.lab.transfer import DigestReceiver
 
 from .image import VmImage
 from .qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 SUBNET = "10.96.0"
 EXT_IP = f"{SUBNET}.100"
 CONTAINER_IP = f"{SUBNET}.11"
@@ -529,13 +529,6 @@ def test_a_second_user_is_refused_on_every_frontend(site: Site, fleet: dict[str,
 # --------------------------------------------------------------------------------- README
 
 
-def readme_section(title: str) -> str:
-    text = README.read_text()
-    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert m, f"README.md has no '## {title}' section"
-    return m.group(1)
-
-
 def option_shape(value: str) -> tuple[str, frozenset[str]]:
     """``"tap,id=n0,br=vm0,helper=/x"`` -> ``("tap", {"br", "helper"})``: values and id left out."""
     kind, *opts = value.split(",")
@@ -563,7 +556,7 @@ def test_readme_libvirt_xml_is_valid() -> None:
     """The README's libvirt domains (tap, vhost-user) pass libvirt's own schema check."""
     validate = shutil.which("virt-xml-validate")
     assert validate, "virt-xml-validate missing: apt-get install libvirt-clients libxml2-utils"
-    blocks = re.findall(r"```xml\n(.*?)```", readme_section("Virtual machines"), re.DOTALL)
+    blocks = code_blocks("Virtual machines", "xml")
     kinds = []
     for block in blocks:
         m = re.search(r"<interface type='(\w+)'>", block)
