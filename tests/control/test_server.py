@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -278,14 +279,24 @@ def test_monitor_client_that_stops_reading_is_dropped(
     assert srv.call(lambda: len(srv.server.conns)) == 0
 
 
-def test_connection_limit(make_server: Callable[..., RunningServer]) -> None:
-    # The test runs as root, who may use the reserve beyond max_clients too.
-    srv = make_server(max_clients=4)
-    socks = [raw(srv.path) for _ in range(4 + ROOT_RESERVE)]
+@contextlib.contextmanager
+def every_connection_taken(srv: RunningServer, max_clients: int) -> Iterator[list[socket.socket]]:
+    """Open (and hold) as many connections as root may, each answered once."""
+    socks = [raw(srv.path) for _ in range(max_clients + ROOT_RESERVE)]
     try:
         for s in socks:
             s.sendall(encode_request(1, "version"))
             assert read_lines(s, 1)[0]["ok"]
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_connection_limit(make_server: Callable[..., RunningServer]) -> None:
+    # The test runs as root, who may use the reserve beyond max_clients too.
+    srv = make_server(max_clients=4)
+    with every_connection_taken(srv, 4) as socks:
         with raw(srv.path) as extra:
             reply = json.loads(read_until_eof(extra))
         assert reply["error"]["code"] == "EUSERS"
@@ -297,9 +308,6 @@ def test_connection_limit(make_server: Callable[..., RunningServer]) -> None:
             time.sleep(0.01)
         with Client(srv.path, timeout=10) as c:
             assert c.request("version")["protocol"] == 1
-    finally:
-        for s in socks:
-            s.close()
 
 
 def test_client_shows_the_refusal_that_arrived_before_its_request(
@@ -307,21 +315,13 @@ def test_client_shows_the_refusal_that_arrived_before_its_request(
 ) -> None:
     """The daemon refuses and closes at once; the first send then fails with EPIPE."""
     srv = make_server(max_clients=1)
-    socks = [raw(srv.path) for _ in range(1 + ROOT_RESERVE)]
-    try:
-        for s in socks:
-            s.sendall(encode_request(1, "version"))
-            assert read_lines(s, 1)[0]["ok"]
-        with Client(srv.path, timeout=10) as c:
-            select.select([c.sock], [], [], 10)
-            srv.call(lambda: None)  # the refusal's close ran in the same loop turn
-            with pytest.raises(RemoteError) as info:
-                c.request("version")
-            assert info.value.code == "EUSERS"
-            assert "too many connections (1)" in str(info.value)
-    finally:
-        for s in socks:
-            s.close()
+    with every_connection_taken(srv, 1), Client(srv.path, timeout=10) as c:
+        select.select([c.sock], [], [], 10)
+        srv.call(lambda: None)  # the refusal's close ran in the same loop turn
+        with pytest.raises(RemoteError) as info:
+            c.request("version")
+        assert info.value.code == "EUSERS"
+        assert "too many connections (1)" in str(info.value)
 
 
 def test_fds_travel_with_a_reply(running: RunningServer) -> None:
