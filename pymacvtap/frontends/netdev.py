@@ -6,6 +6,10 @@ container sends are read from the fd, frames for it are written to the fd.  The
 tap is persistent so that the netdev, its addresses and routes survive a daemon
 restart (SPEC 5); the next daemon re-attaches by name.  A vnet header with TSO
 and checksum offloads lets super-frames pass through unsegmented.
+
+A tap rather than a veth whose peer the daemon reads through AF_PACKET (SPEC 3
+allows either): measured by ``bench/netdev_choice.py``, the tap costs the daemon
+less per frame written and about the same per frame read (README, Performance).
 """
 
 from __future__ import annotations
