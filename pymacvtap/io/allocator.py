@@ -17,7 +17,6 @@ Other C libraries (musl) have no such knob, and nothing is changed there.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
@@ -33,11 +32,10 @@ def keep_freed_frames_mapped(threshold: int = TRIM_THRESHOLD) -> bool:
     """
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        # The interpreter's own symbols: the C library it runs on, found without
+        # ctypes.util.find_library (which runs ldconfig in a subprocess).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
