@@ -23,7 +23,7 @@ def code_blocks(title: str, language: str) -> list[str]:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Shell-style ``a_{x,y}_b`` -> ``["a_x_b", "a_y_b"]`` (several groups; no nesting, no ranges)."""
+    """Shell-style ``a_{x,y}_b`` -> ``["a_x_b", "a_y_b"]``: several groups, no nesting or ranges."""
     m = re.search(r"\{([^{}]*)\}", pattern)
     if m is None:
         return [pattern]
