@@ -130,10 +130,15 @@ def _index(ifname: str, ns: str | None) -> int:
     without a netlink round trip and pyroute2's parsing of the reply.
     """
     with entered(ns):
-        try:
-            return socket.if_nametoindex(ifname)
-        except OSError:
-            raise LinkNotFound(ifname, ns) from None
+        return _index_here(ifname, ns)
+
+
+def _index_here(ifname: str, ns: str | None) -> int:
+    """:func:`_index` for a thread already in ``ns`` (named for the error only)."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        raise LinkNotFound(ifname, ns) from None
 
 
 def _info(msg: Any) -> LinkInfo:
@@ -254,10 +259,7 @@ def disable_ipv6(ifname: str, ns: str | None = None) -> None:
 def multicast_groups(ifname: str, ns: str | None = None) -> set[bytes]:
     """The link-layer multicast addresses ``ifname`` has joined (its mc list)."""
     with entered(ns):
-        try:
-            socket.if_nametoindex(ifname)
-        except OSError:
-            raise LinkNotFound(ifname, ns) from None
+        _index_here(ifname, ns)  # a device that is not there is LinkNotFound, not "no groups"
         return _read_dev_mcast().get(ifname, set())
 
 
