@@ -487,13 +487,7 @@ class PacketLower:
             if anc and anc[0][2][0] & TP_STATUS_VLAN_VALID:
                 tag = _stripped_vlan(anc)
                 if tag is not None:
-                    mac_end = VNET_HDR_LEN + 12
-                    data = b"".join((view[VNET_HDR_LEN:mac_end], tag, view[mac_end:n]))
-                    # csum_start already counts the tag (the kernel reports offsets
-                    # for the frame as it will be re-tagged); hdr_len does not.
-                    if vnet is not None and vnet.hdr_len:
-                        vnet = vnet.replace(hdr_len=min(vnet.hdr_len + 4, len(data)))
-                    append(Frame(data, vnet))
+                    append(_with_tag(view, VNET_HDR_LEN, n, tag, vnet))
                     continue
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
@@ -646,8 +640,16 @@ def _retagged(
     """A ring frame with the VLAN tag the device stripped put back after the MACs."""
     if not status & TP_STATUS_VLAN_TPID_VALID:
         tpid = ETH_P_8021Q
-    data = b"".join((ring[start : start + 12], _TAG.pack(tpid, tci), ring[start + 12 : end]))
-    # As for recvmsg: csum_start counts the tag already, hdr_len does not.
+    return _with_tag(ring, start, end, _TAG.pack(tpid, tci), vnet)
+
+
+def _with_tag(
+    buf: mmap.mmap | memoryview, start: int, end: int, tag: bytes, vnet: VnetHeader | None
+) -> Frame:
+    """The frame ``buf[start:end]`` with ``tag`` put back after its MAC addresses."""
+    data = b"".join((buf[start : start + 12], tag, buf[start + 12 : end]))
+    # csum_start already counts the tag (the kernel reports offsets for the frame
+    # as it will be re-tagged); hdr_len does not.
     if vnet is not None and vnet.hdr_len:
         vnet = vnet.replace(hdr_len=min(vnet.hdr_len + 4, len(data)))
     return Frame(data, vnet)
