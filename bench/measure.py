@@ -128,9 +128,12 @@ def wait_tcp(netns: str, address: str, port: int, timeout: float = 10.0) -> None
 
 
 def start_iperf_server(netns: str, port: int = IPERF_PORT) -> subprocess.Popen[bytes]:
-    """``iperf3 -s`` in ``netns`` (``ip netns exec`` execs it: the pid is iperf3's)."""
+    """``iperf3 -s`` in ``netns`` (``ip netns exec`` execs it: the pid is iperf3's).
+
+    ``-J``: a client's ``--get-server-output`` then gets the server's report as JSON.
+    """
     return subprocess.Popen(
-        netns_argv(netns, "iperf3", "-s", "-p", str(port)),
+        netns_argv(netns, "iperf3", "-s", "-J", "-p", str(port)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -190,7 +193,13 @@ UDP_PAYLOAD_64B_FRAME = 18
 
 
 def udp_small(netns: str, server: str, *, duration: float, rate: str = "0") -> dict[str, Any]:
-    """64-byte frames as fast as iperf3 sends them (``-b 0``), or at ``rate`` bit/s payload."""
+    """64-byte frames as fast as iperf3 sends them (``-b 0``), or at ``rate`` bit/s payload.
+
+    Delivered is what the server received, from its own report.  The client's
+    ``lost_packets`` is the server's count of gaps in the sequence numbers it
+    saw, so frames lost after the last one that arrived are not in it: a path
+    that delivered nothing would show no loss at all.
+    """
     r = iperf(
         netns,
         server,
@@ -200,22 +209,36 @@ def udp_small(netns: str, server: str, *, duration: float, rate: str = "0") -> d
         "-b",
         rate,
         "--udp-counters-64bit",
+        "--get-server-output",
         duration=duration,
     )
     total = r["end"]["sum"]
     seconds = total["seconds"]
     sent = total["packets"]
-    lost = max(0, total["lost_packets"])
+    received = server_received(r)
     return {
         "offered_kpps": sent / seconds / 1e3,
-        "delivered_kpps": (sent - lost) / seconds / 1e3,
-        "loss_pct": 100.0 * lost / sent if sent else None,
+        "delivered_kpps": received / seconds / 1e3,
+        "loss_pct": 100.0 * (sent - received) / sent if sent else None,
         "packets_sent": sent,
-        "packets_lost": lost,
+        "packets_received": received,
         "seconds": seconds,
         "frame_bytes_with_fcs": 64,
         "iperf_cpu": r["end"].get("cpu_utilization_percent"),
     }
+
+
+def server_received(result: dict[str, Any]) -> int:
+    """Datagrams the iperf3 server received, from the report ``--get-server-output`` adds.
+
+    The server's ``packets`` is the highest sequence number it saw and its
+    ``lost_packets`` the gaps below it, so their difference is what arrived.
+    """
+    server = result.get("server_output_json")
+    if not isinstance(server, dict) or "end" not in server:
+        raise MeasureError("iperf3: no server report (--get-server-output)")
+    total = server["end"]["sum"]
+    return max(0, int(total["packets"]) - max(0, int(total["lost_packets"])))
 
 
 # -- round trips --------------------------------------------------------------------------
