@@ -42,12 +42,12 @@ def measure(frames: int, rounds: int) -> dict[str, float]:
     clock = time.perf_counter_ns
     for _ in range(rounds):
         t0 = clock()
-        from_endpoint = port.from_endpoint
+        from_endpoint = port.forward_from_endpoint
         for _ in range(frames):
             from_endpoint(a, out)
         t1 = clock()
         port.tx_queue.clear()
-        from_lower = port.from_lower
+        from_lower = port.forward_from_lower
         for _ in range(frames):
             from_lower(back)
             b_queue.clear()

@@ -403,7 +403,7 @@ class Daemon:
             port = ep.port
             if port is None:
                 return
-            from_endpoint = port.from_endpoint
+            from_endpoint = port.forward_from_endpoint
             now = loop.iteration
             budget = 1 if single_first and now != last + 1 else RX_BATCH
             last = now
@@ -417,7 +417,7 @@ class Daemon:
 
     def _lower_reader(self, lower: LowerRuntime) -> Callable[[], None]:
         sock = lower.sock
-        from_lower = lower.port.from_lower
+        from_lower = lower.port.forward_from_lower
 
         def on_readable() -> None:
             for frame in sock.recv_batch(RX_BATCH):

@@ -9,6 +9,13 @@ entry points mirror drivers/net/macvlan.c:
 
 Frames for an endpoint are appended to its bounded ``rx_queue``; frames for the
 wire to the port's bounded ``tx_queue``.  The I/O layer drains both.
+
+Each entry point returns a :class:`Disposition` saying where the frame went,
+for tests and for anyone explaining a drop.  The daemon's data path calls
+:meth:`Port.forward_from_lower` and :meth:`Port.forward_from_endpoint` instead:
+they take the same decisions without building that record, which cost more
+than the decision itself (two objects and two lists per frame crossing), and
+unroll the common unicast case; anything else they hand to the general code.
 """
 
 from __future__ import annotations
@@ -32,10 +39,10 @@ if TYPE_CHECKING:
 
 DEFAULT_TX_QUEUE_LEN = 4096
 
-# Module constants for the unrolled fast paths: a global is cheaper than an enum lookup.
+# Module constants for the unrolled paths: a global is cheaper than an enum attribute
+# (``Mode.BRIDGE`` goes through the enum metaclass on every lookup).
 _BRIDGE = Mode.BRIDGE
 _SOURCE = Mode.SOURCE
-_DELIVERED = Outcome.DELIVERED
 
 
 class Port:
@@ -45,7 +52,6 @@ class Port:
         "bc_queue",
         "by_mac",
         "endpoints",
-        "fast_paths",
         "groups",
         "mac",
         "macs",
@@ -82,9 +88,6 @@ class Port:
         self.tx_queue: deque[Frame] = deque()
         self.tx_queue_len = DEFAULT_TX_QUEUE_LEN
         self.stats = LowerStats()
-        # The unrolled common cases below; False only in the test that checks
-        # they decide exactly what the general code decides.
-        self.fast_paths = True
         # Endpoints with frames waiting in rx_queue, in the order they became ready.
         self.ready: dict[Endpoint, None] = {}
 
@@ -179,27 +182,39 @@ class Port:
             return self._drop_lower(frame, DropReason.OVERSIZE_FROM_LOWER)
         return self._receive(frame)
 
+    def forward_from_lower(self, frame: Frame) -> None:
+        """:meth:`from_lower` for the data path: the same decision, no Disposition.
+
+        The common case is unrolled: a unicast frame within the MTU (a
+        super-frame's segments within it) for an UP endpoint whose queue has
+        room, with no source-mode listener to copy.  It is counted as the
+        general code counts it; any other frame goes to :meth:`from_lower` whole.
+        """
+        data = frame.data
+        size = len(data)
+        # A passthru endpoint needs no exception: the general code gives it every
+        # unicast frame, and the one found here is that endpoint, by its own MAC.
+        if size >= ETH_HLEN and not data[0] & 1 and not self.sources:
+            ep = self.by_mac.get(data[0:6])
+            if ep is not None and ep.mode is not _SOURCE:
+                queue = ep.rx_queue
+                if len(queue) < ep.rx_queue_len and (
+                    size - ETH_HLEN <= self.mtu or frame.segment_size() <= self.mtu
+                ):
+                    lower_stats = self.stats
+                    lower_stats.rx_packets += 1
+                    lower_stats.rx_bytes += size
+                    queue.append(frame)
+                    ep_stats = ep.stats
+                    ep_stats.rx_packets += 1
+                    ep_stats.rx_bytes += size
+                    self.ready[ep] = None
+                    return
+        self.from_lower(frame)
+
     def _receive(self, frame: Frame) -> Disposition:
         """The receive path proper; bridge-mode local unicast re-enters here too."""
         data = frame.data
-        if not data[0] & 1 and not self.sources and self.passthru is None and self.fast_paths:
-            # The common case, unrolled: unicast with no source-mode listener to
-            # copy and no passthru endpoint.  Same outcome and counters as below.
-            ep = self.by_mac.get(data[0:6])
-            if ep is None or ep.mode is _SOURCE:
-                self.stats.rx_not_ours += 1
-                return Disposition(frame, Outcome.NOT_OURS)
-            queue = ep.rx_queue
-            stats = ep.stats
-            if len(queue) < ep.rx_queue_len:
-                queue.append(frame)
-                stats.rx_packets += 1
-                stats.rx_bytes += len(data)
-                self.ready[ep] = None
-                return Disposition(frame, _DELIVERED, [ep])
-            d = Disposition(frame, Outcome.QUEUED)
-            self._offer(ep, frame, False, d)
-            return self._settle(d)
         dst = data[0:6]
         src_mac = data[6:12]
         d = Disposition(frame, Outcome.QUEUED)
@@ -283,23 +298,6 @@ class Port:
         if ep.spoofchk and data[6:12] != ep.mac:
             return self._drop_endpoint(ep, frame, DropReason.SPOOFED)
 
-        if (
-            ep.mode is not _BRIDGE
-            and self.up
-            and len(self.tx_queue) < self.tx_queue_len
-            and self.fast_paths
-        ):
-            # Every other mode sends everything to the wire (VEPA's whole point):
-            # the common case, unrolled, with the same counters as below.
-            self.tx_queue.append(frame)
-            stats = self.stats
-            stats.tx_packets += 1
-            stats.tx_bytes += len(data)
-            ep_stats = ep.stats
-            ep_stats.tx_packets += 1
-            ep_stats.tx_bytes += len(data)
-            return Disposition(frame, _DELIVERED, None, True)
-
         d = Disposition(frame, Outcome.DELIVERED)
         if ep.mode is Mode.BRIDGE:
             if data[0] & 1:
@@ -333,6 +331,54 @@ class Port:
         # Otherwise local bridge copies went out; only the wire copy is lost, and
         # the kernel counts that as a failed transmit (tx_dropped).
         return d
+
+    def forward_from_endpoint(self, ep: Endpoint, frame: Frame) -> None:
+        """:meth:`from_endpoint` for the data path: the same decision, no Disposition.
+
+        The common cases are unrolled: a unicast frame within the MTU (a
+        super-frame's segments within it) from an UP endpoint, not spoofed,
+        either for a bridge peer whose queue has room (no source-mode listener
+        to copy) or for the wire while it is up and its queue not full.  They
+        are counted as the general code counts them; any other frame goes to
+        :meth:`from_endpoint` whole.
+        """
+        data = frame.data
+        size = len(data)
+        if (
+            size >= ETH_HLEN
+            and not data[0] & 1
+            and ep.up
+            and (size - ETH_HLEN <= ep.mtu or frame.segment_size() <= ep.mtu)
+            and (not ep.spoofchk or data[6:12] == ep.mac)
+        ):
+            ep_stats = ep.stats
+            if ep.mode is _BRIDGE:
+                dest = self.by_mac.get(data[0:6])
+                if dest is not None and dest.mode is _BRIDGE:
+                    # A bridge peer's frame never reaches the wire.
+                    queue = dest.rx_queue
+                    if self.sources or len(queue) >= dest.rx_queue_len:
+                        self.from_endpoint(ep, frame)
+                        return
+                    ep_stats.tx_packets += 1
+                    ep_stats.tx_bytes += size
+                    queue.append(frame)
+                    dest_stats = dest.stats
+                    dest_stats.rx_packets += 1
+                    dest_stats.rx_bytes += size
+                    self.ready[dest] = None
+                    return
+            # Every other frame goes to the wire (in VEPA, all of them).
+            queue = self.tx_queue
+            if self.up and len(queue) < self.tx_queue_len:
+                queue.append(frame)
+                lower_stats = self.stats
+                lower_stats.tx_packets += 1
+                lower_stats.tx_bytes += size
+                ep_stats.tx_packets += 1
+                ep_stats.tx_bytes += size
+                return
+        self.from_endpoint(ep, frame)
 
     @staticmethod
     def _count_tx(ep: Endpoint, frame: Frame) -> None:
