@@ -12,6 +12,8 @@ segments fit, spoofed sources, with endpoints up or down in every mode.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,74 +99,79 @@ steps = st.lists(
 Step = tuple[str, int, int, str, bool]
 
 
-def _compare(
-    modes: list[Mode],
-    ups: list[bool],
-    spoofchk: list[bool],
-    queue_len: int,
-    lower_up: bool,
-    listing: bool,
-    script: list[Step],
-) -> None:
-    """Run ``script`` on both engines, comparing their state after every step."""
-    forwarded = _build(modes, ups, spoofchk, queue_len, listing)
-    general = _build(modes, ups, spoofchk, queue_len, listing)
-    for engine in (forwarded, general):
-        engine.set_lower_carrier("low0", lower_up)
-    port = forwarded.port("low0")
-    destinations = (
-        [ep.mac for ep in forwarded.endpoints.values()]
-        + [local_mac(9)] * (4 - len(forwarded.endpoints))
-        + [EXTERNAL, BROADCAST]
-    )
-    for kind, who, dst_index, shape, spoofed in script:
-        dst = destinations[dst_index]
-        if kind == "flush":
-            # The I/O layer drains the queues; the short paths see them empty again.
-            for engine in (forwarded, general):
-                engine.port("low0").tx_queue.clear()
-                for ep in engine.endpoints.values():
-                    ep.rx_queue.clear()
-                engine.port("low0").ready.clear()
-            continue
-        name = f"e{who}"
-        if kind == "send" and name not in forwarded.endpoints:
-            continue
-        if kind == "send":
-            src = EXTERNAL if spoofed else forwarded.endpoint(name).mac
-            frame = _frame(dst, src, shape)
-            port.forward_from_endpoint(forwarded.endpoint(name), frame)
-            general.from_endpoint(general.endpoint(name), frame)
-        else:
-            frame = _frame(dst, EXTERNAL, shape)
-            port.forward_from_lower(frame)
-            general.from_lower(general.port("low0"), frame)
-        # Flood copies are settled later in both; settle them now to compare.
-        forwarded.process_broadcasts()
-        general.process_broadcasts()
-        assert _state(forwarded) == _state(general), (kind, who, dst_index, shape, spoofed)
+@dataclass
+class Scenario:
+    """Four endpoints on one lower, and the traffic to run through both engines."""
+
+    modes: list[Mode]
+    ups: list[bool]
+    spoofchk: list[bool]
+    queue_len: int
+    lower_up: bool
+    listing: bool
+    script: list[Step]
+
+    def build(self) -> Engine:
+        engine = _build(self.modes, self.ups, self.spoofchk, self.queue_len, self.listing)
+        engine.set_lower_carrier("low0", self.lower_up)
+        return engine
+
+    def check(self) -> None:
+        """Run the script on both engines, comparing their state after every step."""
+        forwarded = self.build()
+        general = self.build()
+        port = forwarded.port("low0")
+        destinations = (
+            [ep.mac for ep in forwarded.endpoints.values()]
+            + [local_mac(9)] * (4 - len(forwarded.endpoints))
+            + [EXTERNAL, BROADCAST]
+        )
+        for step in self.script:
+            kind, who, dst_index, shape, spoofed = step
+            dst = destinations[dst_index]
+            if kind == "flush":
+                # The I/O layer drains the queues; the short paths see them empty again.
+                for engine in (forwarded, general):
+                    engine.port("low0").tx_queue.clear()
+                    for ep in engine.endpoints.values():
+                        ep.rx_queue.clear()
+                    engine.port("low0").ready.clear()
+                continue
+            name = f"e{who}"
+            if kind == "send" and name not in forwarded.endpoints:
+                continue
+            if kind == "send":
+                src = EXTERNAL if spoofed else forwarded.endpoint(name).mac
+                frame = _frame(dst, src, shape)
+                port.forward_from_endpoint(forwarded.endpoint(name), frame)
+                general.from_endpoint(general.endpoint(name), frame)
+            else:
+                frame = _frame(dst, EXTERNAL, shape)
+                port.forward_from_lower(frame)
+                general.from_lower(general.port("low0"), frame)
+            # Flood copies are settled later in both; settle them now to compare.
+            forwarded.process_broadcasts()
+            general.process_broadcasts()
+            assert _state(forwarded) == _state(general), step
 
 
-@settings(max_examples=300, deadline=None)
-@given(
+four = st.lists(st.booleans(), min_size=4, max_size=4)
+scenarios = st.builds(
+    Scenario,
     modes=st.lists(st.sampled_from(MODES), min_size=4, max_size=4),
-    ups=st.lists(st.booleans(), min_size=4, max_size=4),
-    spoofchk=st.lists(st.booleans(), min_size=4, max_size=4),
+    ups=four,
+    spoofchk=four,
     queue_len=st.integers(1, 3),
     lower_up=st.booleans(),
     listing=st.booleans(),
     script=steps,
 )
-def test_data_path_entry_points_match_the_general_code(
-    modes: list[Mode],
-    ups: list[bool],
-    spoofchk: list[bool],
-    queue_len: int,
-    lower_up: bool,
-    listing: bool,
-    script: list[Step],
-) -> None:
-    _compare(modes, ups, spoofchk, queue_len, lower_up, listing, script)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenario=scenarios)
+def test_data_path_entry_points_match_the_general_code(scenario: Scenario) -> None:
+    scenario.check()
 
 
 BRIDGES = [Mode.BRIDGE, Mode.BRIDGE, Mode.BRIDGE, Mode.SOURCE]
@@ -182,4 +189,4 @@ TO_E1 = ("send", 0, 1, "normal", False)
     ],
 )
 def test_bridge_peers_edge_cases(case: str, listing: bool, script: list[Step]) -> None:
-    _compare(BRIDGES, [True] * 4, [False] * 4, 1, True, listing, script)
+    Scenario(BRIDGES, [True] * 4, [False] * 4, 1, True, listing, script).check()
