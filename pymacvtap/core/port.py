@@ -10,12 +10,12 @@ entry points mirror drivers/net/macvlan.c:
 Frames for an endpoint are appended to its bounded ``rx_queue``; frames for the
 wire to the port's bounded ``tx_queue``.  The I/O layer drains both.
 
-Each entry point returns a :class:`Disposition` saying where the frame went,
-for tests and for anyone explaining a drop.  The daemon's data path calls
-:meth:`Port.forward_from_lower` and :meth:`Port.forward_from_endpoint` instead:
-they take the same decisions without building that record, which cost more
-than the decision itself (two objects and two lists per frame crossing), and
-unroll the common unicast case; anything else they hand to the general code.
+``from_lower`` and ``from_endpoint`` return a :class:`Disposition` saying where
+the frame went, for tests and for anyone explaining a drop.  The daemon's data
+path calls :meth:`Port.forward_from_lower` and :meth:`Port.forward_from_endpoint`
+instead: they take the same decisions without building that record, which cost
+more than the decision itself (two objects and two lists per frame crossing),
+and unroll the common unicast cases; anything else they hand to the general code.
 """
 
 from __future__ import annotations
