@@ -99,10 +99,8 @@ class StateStore:
         return self._remember({})
 
     def _read_snapshot(self, path: str) -> tuple[str | None, dict[str, dict[str, Any]]] | None:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        raw = _read_if_there(path)
+        if raw is None:
             return None
         try:
             # Invalid UTF-8 (UnicodeDecodeError) is corruption too, not a crash.
@@ -117,10 +115,8 @@ class StateStore:
         self, path: str, snapshot_id: str | None, endpoints: dict[str, dict[str, Any]]
     ) -> None:
         """Apply the journal at ``path`` to ``endpoints`` if it follows ``snapshot_id``."""
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        raw = _read_if_there(path)
+        if raw is None:
             return
         lines = raw.split(b"\n")
         # The last element is what follows the last newline: empty unless an append
@@ -196,8 +192,7 @@ class StateStore:
         try:
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            self._compaction_due = True
-            raise StateError(f"cannot save state in {self.directory}: {exc.strerror}") from exc
+            raise self._save_failed(exc) from exc
         try:
             start = os.fstat(fd).st_size
             if start == 0:
@@ -211,13 +206,12 @@ class StateStore:
                 # Cut off what part of the line made it (or remove the journal this
                 # save created), so the files are as they were; the next save writes
                 # a snapshot with this change in it.
-                self._compaction_due = True
                 with contextlib.suppress(OSError):
                     if start == 0:
                         os.unlink(self.journal)
                     else:
                         os.ftruncate(fd, start)
-                raise StateError(f"cannot save state in {self.directory}: {exc.strerror}") from exc
+                raise self._save_failed(exc) from exc
         finally:
             os.close(fd)
         self._journal_bytes = start + len(data)
@@ -257,12 +251,16 @@ class StateStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            self._compaction_due = True
-            raise StateError(f"cannot save state in {self.directory}: {exc.strerror}") from exc
+            raise self._save_failed(exc) from exc
         self._snapshot_id = snapshot_id
         self._snapshot_bytes = len(data)
         self._journal_bytes = 0
         self._compaction_due = False
+
+    def _save_failed(self, exc: OSError) -> StateError:
+        """The error for a save that failed; the next save writes a whole snapshot."""
+        self._compaction_due = True
+        return StateError(f"cannot save state in {self.directory}: {exc.strerror}")
 
     def _quarantine(self, path: str) -> None:
         """Keep a corrupt file for the operator, out of the way of the next save."""
@@ -313,6 +311,15 @@ def _decode_change(line: bytes) -> dict[str, Any] | str:
         if isinstance(doc.get("del"), str):
             return str(doc["del"])
     raise ValueError("neither a put nor a del")
+
+
+def _read_if_there(path: str) -> bytes | None:
+    """The whole file, or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
