@@ -337,10 +337,10 @@ class Port:
 
         The common cases are unrolled: a unicast frame within the MTU (a
         super-frame's segments within it) from an UP endpoint, not spoofed,
-        either for a bridge peer whose queue has room (no source-mode listener
-        to copy) or for the wire while it is up and its queue not full.  They
-        are counted as the general code counts them; any other frame goes to
-        :meth:`from_endpoint` whole.
+        either for a bridge peer (no source-mode listener to copy) or for the
+        wire while it is up and its queue not full.  They are counted as the
+        general code counts them; any other frame goes to :meth:`from_endpoint`
+        whole.
         """
         data = frame.data
         size = len(data)
@@ -355,18 +355,14 @@ class Port:
             if ep.mode is _BRIDGE:
                 dest = self.by_mac.get(data[0:6])
                 if dest is not None and dest.mode is _BRIDGE:
-                    # A bridge peer's frame never reaches the wire.
-                    queue = dest.rx_queue
-                    if self.sources or len(queue) >= dest.rx_queue_len:
+                    # A bridge peer's frame never reaches the wire.  Source-mode
+                    # listeners want a copy: the general code makes it.
+                    if self.sources:
                         self.from_endpoint(ep, frame)
                         return
                     ep_stats.tx_packets += 1
                     ep_stats.tx_bytes += size
-                    queue.append(frame)
-                    dest_stats = dest.stats
-                    dest_stats.rx_packets += 1
-                    dest_stats.rx_bytes += size
-                    self.ready[dest] = None
+                    self._deliver(dest, frame, False)  # a full queue counts its drop
                     return
             # Every other frame goes to the wire (in VEPA, all of them).
             queue = self.tx_queue
