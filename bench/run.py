@@ -134,7 +134,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "iperf3": _out("iperf3", "--version").splitlines()[0] if shutil.which("iperf3") else None,
         "loadavg_at_start": os.getloadavg(),
-        # What one cross-CPU wake-up costs here bounds the added round trip (README).
+        # What one cross-CPU wake-up costs here bounds the added round trip (bench/README.md).
         "pipe_round_trip_us": wakeup_cost_us(),
     }
 

@@ -7,7 +7,7 @@ Writes K 64-byte UDP frames to a container's tap, as the daemon delivers them: o
 ``Tap.write_batch`` (one ``os.writev`` per frame), once as batches of 64 ``writev``
 submissions completed by one ``io_uring_submit_and_wait``.  Checks that the container's tap
 received every frame, and prints the daemon's nanoseconds per frame (best and median).
-The README's Performance section has the result: the submissions cost more to build in
+bench/README.md has the result: the submissions cost more to build in
 Python than the system calls they save.
 """
 

@@ -129,7 +129,7 @@ def pymacvtap_endpoint(
     daemon.cli(*args)
     try:
         if frontend == "tap":
-            # The endpoint's one tap queue as fd 3, what libvirt does (README, "Virtual machines").
+            # The endpoint's one tap queue as fd 3, what libvirt does (docs/vms.md).
             exec_argv = [sys.executable, "-m", "pymacvtap", "--socket", str(daemon.socket),
                          "exec", name, "--"]  # fmt: skip
             yield Attachment(

@@ -65,7 +65,7 @@ GROUP_POLL_SECONDS = 1.0  # how often container multicast lists are re-read
 GROUP_POLL_SLICE = 32  # endpoints re-read per tick at most
 NETNS_POLL_SECONDS = 2.0
 # After traffic, keep polling without sleeping this long (µs): a wake-up costs
-# more than the frames of a conversation are apart (see README, Performance).
+# more than the frames of a conversation are apart (bench/README.md, the round trip).
 BUSY_POLL_US = "0"
 
 

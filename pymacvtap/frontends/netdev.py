@@ -9,7 +9,7 @@ and checksum offloads lets super-frames pass through unsegmented.
 
 A tap rather than a veth whose peer the daemon reads through AF_PACKET (SPEC 3
 allows either): measured by ``bench/netdev_choice.py``, the tap costs the daemon
-less per frame written and about the same per frame read (README, Performance).
+less per frame written and about the same per frame read (bench/README.md, tap or veth).
 """
 
 from __future__ import annotations

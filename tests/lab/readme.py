@@ -1,25 +1,28 @@
-"""The README's sections and code blocks, for the tests that run or check its examples."""
+"""Sections and code blocks of the README and the guides in docs/, for the tests that run or
+check their examples as written."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_section(title: str) -> str:
-    """The text of ``## title`` up to the next level-2 heading."""
-    text = README.read_text()
+def readme_section(title: str, doc: str = "README.md") -> str:
+    """The text of ``## title`` in ``doc`` (a path from the repository root) up to the next
+    level-2 heading."""
+    text = (ROOT / doc).read_text()
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
-    assert m, f"README.md has no '## {title}' section"
+    assert m, f"{doc} has no '## {title}' section"
     return m.group(1)
 
 
-def code_blocks(title: str, language: str) -> list[str]:
-    """The fenced ``language`` blocks of a section, in order."""
+def code_blocks(title: str, language: str, doc: str = "README.md") -> list[str]:
+    """The fenced ``language`` blocks of a section of ``doc``, in order."""
     fence = re.escape(language)
-    return re.findall(rf"^```{fence}\n(.*?)^```", readme_section(title), re.MULTILINE | re.DOTALL)
+    section = readme_section(title, doc)
+    return re.findall(rf"^```{fence}\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
 
 
 def expand_braces(pattern: str) -> list[str]:

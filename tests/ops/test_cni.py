@@ -275,12 +275,12 @@ def test_versions_ip_version_field_and_errors(lab: Lab, daemon: DaemonProcess, c
     assert daemon.show() == []
 
 
-def test_the_readme_example_adds_and_deletes_a_container(
+def test_the_documented_example_adds_and_deletes_a_container(
     lab: Lab, daemon: DaemonProcess, cni: Cni, tmp_path: Path
 ) -> None:
-    """The README's CNI example, run as written but for the paths only a test changes:
+    """The example of docs/cni.md, run as written but for the paths only a test changes:
     CNI_PATH, the configuration file, the namespace, the lower and the daemon's socket."""
-    [block] = code_blocks("Containers (CNI)", "sh")
+    [block] = code_blocks("Adding a container by hand", "sh", doc="docs/cni.md")
     m = re.search(r"<<'JSON'\n(.*?\n)JSON\n", block, re.DOTALL)
     assert m, block
     conf = json.loads(m[1])
@@ -317,7 +317,7 @@ def test_the_readme_example_adds_and_deletes_a_container(
     added = run(commands[0])
     assert added.returncode == 0, added.stdout + added.stderr
     result = json.loads(added.stdout)
-    # What the README says comes back.
+    # What the guide says comes back.
     shown = re.search(r'"ips": (\[.*?\])', block)
     assert shown, block
     assert result["ips"] == json.loads(shown[1])

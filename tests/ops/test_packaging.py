@@ -217,12 +217,11 @@ t pymacvtap mon
                          "monitor"]  # fmt: skip
 
 
-def test_the_readme_service_configuration(installed: Installed, tmp_path: Path) -> None:
-    """The README's PYMACVTAP_ARGS line is options the daemon takes, and its drop-in,
+def test_the_documented_service_configuration(installed: Installed, tmp_path: Path) -> None:
+    """The PYMACVTAP_ARGS line of docs/service.md is options the daemon takes, and its drop-in,
     added to the installed unit, still verifies."""
-    conf_block, drop_in = code_blocks("Running as a service", "sh")[1:] + code_blocks(
-        "Running as a service", "ini"
-    )
+    section, doc = "Daemon options", "docs/service.md"
+    conf_block, drop_in = code_blocks(section, "sh", doc) + code_blocks(section, "ini", doc)
     args = subprocess.check_output(
         ["sh", "-c", f'{conf_block}\nprintf %s "$PYMACVTAP_ARGS"'], text=True
     )

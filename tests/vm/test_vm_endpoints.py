@@ -22,8 +22,8 @@ daemon's per-endpoint counters must equal the guest's own NIC counters. QEMU run
 unprivileged user the test creates (for ``ifname=`` too, with /dev/net/tun opened to it for
 that test only); a second unprivileged user is refused on every frontend.
 
-The QEMU command lines and the libvirt XML of the README's "Virtual machines" section are
-checked against what these tests run (``test_readme_*``).
+The QEMU command lines and the libvirt XML of docs/vms.md are checked against what these
+tests run (``test_docs_*``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ TUN = Path("/dev/net/tun")
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 
-# The attach paths, in the order of the README. `fleet` boots all but `ifname` together.
+# The attach paths, in the order of docs/vms.md. `fleet` boots all but `ifname` together.
 FLEET = ("helper", "exec", "stream", "dgram", "vhost-user")
 QUEUES = {"exec": 2, "vhost-user": 2}
 ENDPOINT = {
@@ -192,7 +192,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def netdev(site: Site, path: str) -> Nic:
-    """The NIC of a VM on `path` (QEMU's -netdev/-device, as in the README)."""
+    """The NIC of a VM on `path` (QEMU's -netdev/-device, as in docs/vms.md)."""
     name, mac, ipaddr = ENDPOINT[path], site.macs.get(path), f"{ADDRESS[path]}/24"
     mq = "mq=on,vectors=6"
     if path == "helper":
@@ -526,7 +526,9 @@ def test_a_second_user_is_refused_on_every_frontend(site: Site, fleet: dict[str,
         assert vm.proc.poll() is None
 
 
-# --------------------------------------------------------------------------------- README
+# ------------------------------------------------------------------------------ docs/vms.md
+
+VMS_DOC = "docs/vms.md"
 
 
 def option_shape(value: str) -> tuple[str, frozenset[str]]:
@@ -535,28 +537,28 @@ def option_shape(value: str) -> tuple[str, frozenset[str]]:
     return kind, frozenset(o.split("=", 1)[0] for o in opts if o.split("=", 1)[0] != "id")
 
 
-def test_readme_shows_the_qemu_command_lines_the_tests_run(site: Site) -> None:
-    """Each -netdev the tests use appears in the README with the same options (values aside),
+def test_docs_show_the_qemu_command_lines_the_tests_run(site: Site) -> None:
+    """Each -netdev the tests use appears in docs/vms.md with the same options (values aside),
     and so do the devices' extra options (multi-queue) and how the exec path starts QEMU."""
-    text = readme_section("Virtual machines").replace("\\\n", " ")
+    text = readme_section("QEMU command lines", doc=VMS_DOC).replace("\\\n", " ")
     shown = {option_shape(v) for v in re.findall(r"-netdev\s+(\S+)", text)}
     for path in ENDPOINT:
         nic = netdev(site, path)
-        assert option_shape(nic.netdev) in shown, f"{path}: -netdev {nic.netdev} not in README"
+        assert option_shape(nic.netdev) in shown, f"{path}: -netdev {nic.netdev} not in {VMS_DOC}"
         if nic.device_opts:
             device = f"-device virtio-net-pci,netdev=n0,{nic.device_opts},mac="
-            assert device in text, f"{path}: {device} not in README"
+            assert device in text, f"{path}: {device} not in {VMS_DOC}"
     assert re.search(r"pymacvtap exec \S+ queues 2 -- qemu-system-x86_64 -smp 2 ", text)
     assert "-chardev socket,id=c0,path=" in text
     memory = r"-object memory-backend-memfd,id=mem,size=\S+,share=on -machine memory-backend=mem"
     assert re.search(memory, text)
 
 
-def test_readme_libvirt_xml_is_valid() -> None:
-    """The README's libvirt domains (tap, vhost-user) pass libvirt's own schema check."""
+def test_docs_libvirt_xml_is_valid() -> None:
+    """The libvirt domains of docs/vms.md (tap, vhost-user) pass libvirt's own schema check."""
     validate = shutil.which("virt-xml-validate")
     assert validate, "virt-xml-validate missing: apt-get install libvirt-clients libxml2-utils"
-    blocks = code_blocks("Virtual machines", "xml")
+    blocks = code_blocks("libvirt", "xml", doc=VMS_DOC)
     kinds = []
     for block in blocks:
         m = re.search(r"<interface type='(\w+)'>", block)

@@ -139,7 +139,7 @@ def start_vm(site: Site, image: VmImage, path: str) -> Vm:
     elif path == "vhost-user":
         # vectors=0: QEMU 7.2 under TCG crashes starting vhost-user with MSI-X (see
         # test_vm_endpoints.py). reconnect=1: QEMU connects again, every second, when the
-        # daemon's socket goes away (as the README says).
+        # daemon's socket goes away (as docs/vms.md says).
         nic = Nic(
             "vhost-user,chardev=c0,queues=2", ip=ipaddr, mac=mac, device_opts="mq=on,vectors=0"
         )
