@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any, TextIO
 
 from pymacvtap import __version__
 from pymacvtap.cli.errors import PROG, Failure
-from pymacvtap.cli.output import dump_json, format_event, format_link
+from pymacvtap.cli.output import dump_json, event_json, format_event, format_link
 from pymacvtap.cli.parsed import Command, Exec, Options, RunDaemon
 from pymacvtap.control.client import Client, ClientError, RemoteError
 from pymacvtap.control.protocol import with_prefix
@@ -26,6 +25,7 @@ REQUEST_TIMEOUT = 120.0  # seconds; link add may create devices in other namespa
 
 
 def request(opts: Options, cmd: Command) -> Any:
+    """One request, one answer; a refusal says what was asked (``link add vm0: ...``)."""
     try:
         with Client(opts.socket, timeout=REQUEST_TIMEOUT) as client:
             return client.request(cmd.verb, cmd.args)
@@ -36,6 +36,7 @@ def request(opts: Options, cmd: Command) -> Any:
 
 
 def run_command(opts: Options, cmd: Command, out: TextIO) -> int:
+    """A `link` verb or `monitor`: ask, then print the answer as text or JSON."""
     if cmd.verb == "monitor":
         return _monitor(opts, cmd, out)
     if cmd.verb == "link.show":
@@ -60,7 +61,7 @@ def _monitor(opts: Options, cmd: Command, out: TextIO) -> int:
         raise Failure(str(exc)) from None
     try:
         for event in client.monitor():
-            line = json.dumps(event, separators=(",", ":")) if opts.json else format_event(event)
+            line = event_json(event) if opts.json else format_event(event)
             out.write(line + "\n")
             out.flush()
     except RemoteError as exc:
@@ -73,6 +74,7 @@ def _monitor(opts: Options, cmd: Command, out: TextIO) -> int:
 
 
 def version(opts: Options, ask_daemon: bool, out: TextIO) -> int:
+    """This program's version, then the daemon's when asked (`version`, not `-V`)."""
     print(f"{PROG} {__version__}", file=out)
     if ask_daemon:
         result = request(opts, Command("version", {}, "version"))
@@ -82,6 +84,7 @@ def version(opts: Options, ask_daemon: bool, out: TextIO) -> int:
 
 
 def run_daemon(parsed: RunDaemon) -> int:
+    """Become the daemon: ``pymacvtap.daemon.main(args)`` in this process."""
     # Imported here: the daemon's dependencies are no business of the client commands.
     daemon = importlib.import_module("pymacvtap.daemon")
     run: Callable[[argparse.Namespace], int] = daemon.main
@@ -89,6 +92,7 @@ def run_daemon(parsed: RunDaemon) -> int:
 
 
 def run_exec(opts: Options, cmd: Exec) -> int:
+    """Ask for the tap queues, place them at fds 3, 4, ... and exec the command."""
     target = f"exec {cmd.name}"
     args: dict[str, Any] = {"name": cmd.name}
     if cmd.queues is not None:

@@ -34,6 +34,7 @@ _LINK_SUBCOMMANDS = ("add", "set", "delete", "show", "list", "lst", "ls", "help"
 
 
 def link_sub(word: str) -> str | None:
+    """The subcommand ``word`` abbreviates, aliases folded (``del`` → delete, ``ls`` → show)."""
     if word == "del":
         return "delete"
     name = match(word, _LINK_SUBCOMMANDS)
@@ -43,12 +44,14 @@ def link_sub(word: str) -> str | None:
 
 
 def link_help(word: str) -> Help | None:
+    """The help of subcommand ``word``, if it names one that has help."""
     sub = link_sub(word)
     texts = {"add": HELP_ADD, "set": HELP_SET, "delete": HELP_DEL, "show": HELP_SHOW}
     return Help(texts[sub]) if sub in texts else None
 
 
 def parse_link(words: list[str]) -> Parsed:
+    """The words after ``link``; none means ``link show``."""
     if not words:
         return _parse_show([])
     sub = link_sub(words[0])
@@ -218,6 +221,7 @@ def resolve_user(where: str, value: str) -> int:
 
 
 def resolve_group(where: str, value: str) -> int:
+    """A group name or number → gid, looked up here (the caller's view of the names)."""
     if value.isdigit():
         return int(value)
     try:

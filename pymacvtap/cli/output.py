@@ -103,7 +103,13 @@ def format_event(event: dict[str, Any]) -> str:
     return " ".join(words)
 
 
+def event_json(event: dict[str, Any]) -> str:
+    """``-j monitor``: one compact JSON object per line."""
+    return json.dumps(event, separators=(",", ":"))
+
+
 def dump_json(opts: Options, value: object) -> str:
+    """``-j`` output: one line, or indented with ``-p``."""
     if opts.pretty:
         return json.dumps(value, indent=2)
     return json.dumps(value, separators=(", ", ": "))

@@ -39,6 +39,7 @@ def match(word: str, choices: Sequence[str]) -> str | None:
 
 
 def wants_help(words: list[str]) -> bool:
+    """``help`` first, or ``-h``/``--help`` anywhere."""
     return bool(words) and (words[0] == "help" or any(w in HELP_WORDS for w in words))
 
 
@@ -66,6 +67,7 @@ def take_name(where: str, words: list[str], help_cmd: str) -> tuple[str | None, 
 
 
 def enum(where: str, key: str, value: str, choices: Sequence[str], help_cmd: str) -> str:
+    """``value`` if it is one of ``choices``, else a usage error listing them."""
     if value not in choices:
         usage(
             where,
@@ -82,10 +84,12 @@ def _alternatives(choices: Sequence[str]) -> str:
 
 
 def onoff(where: str, key: str, value: str, help_cmd: str) -> bool:
+    """``on`` → True, ``off`` → False."""
     return enum(where, key, value, ("on", "off"), help_cmd) == "on"
 
 
 def integer(where: str, key: str, value: str, help_cmd: str) -> int:
+    """A decimal number, or a usage error saying it is not one."""
     try:
         return int(value, 10)
     except ValueError:
