@@ -1,1 +1,1 @@
-"""Tests of the control socket: protocol, authorization, server, client and CLI."""
+"""Tests of the control socket: protocol, authorization, server and client."""

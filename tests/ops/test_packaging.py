@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pymacvtap.cli import Daemon, parse
+from pymacvtap.cli import RunDaemon, parse
 from pymacvtap.io.caps import DAEMON_CAPABILITIES
 from tests.lab import Lab
 from tests.lab.daemon import DaemonProcess, as_user_argv
@@ -226,7 +226,7 @@ def test_the_documented_service_configuration(installed: Installed, tmp_path: Pa
         ["sh", "-c", f'{conf_block}\nprintf %s "$PYMACVTAP_ARGS"'], text=True
     )
     _opts, parsed = parse(["daemon", *shlex.split(args)])
-    assert isinstance(parsed, Daemon)
+    assert isinstance(parsed, RunDaemon)
     assert (parsed.args.admin_group, parsed.args.metrics) == ("pymacvtap", "127.0.0.1:9477")
     unit_dir = tmp_path / "units"
     (unit_dir / "pymacvtap.service.d").mkdir(parents=True)
