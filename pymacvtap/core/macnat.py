@@ -121,9 +121,12 @@ class MacNat:
         if l3 is None:
             return self._drop(MacNatDrop.RUNT)
         self.book.learn_from_sent(name, mac, data, now)
+        kind = l3.ethertype
+        if _source_only(data, l3):
+            # Most traffic (TCP, UDP other than DHCP, super-frames of 64 KiB): one copy.
+            return bytes(data[:6]) + self.lower_mac + bytes(data[12:])
         buf = bytearray(data)
         buf[6:12] = self.lower_mac
-        kind = l3.ethertype
         if kind == h.ETH_P_IP:
             self._dhcp_out(name, buf, l3, now, partial_checksum)
         elif kind == h.ETH_P_IPV6:
@@ -292,3 +295,14 @@ class MacNat:
 
     def transactions(self) -> int:
         return len(self._xids)
+
+
+def _source_only(data: Buffer, l3: L3) -> bool:
+    """Whether nothing but the source MAC needs rewriting: IP that is neither UDP over
+    IPv4 (DHCP) nor ICMPv6 (ND), judged by the protocol byte alone."""
+    at = l3.offset
+    if l3.ethertype == h.ETH_P_IP:
+        return len(data) > at + 9 and data[at] >> 4 == 4 and data[at + 9] != h.IPPROTO_UDP
+    if l3.ethertype == h.ETH_P_IPV6:
+        return len(data) > at + 6 and data[at] >> 4 == 6 and data[at + 6] != h.IPPROTO_ICMPV6
+    return False
