@@ -144,23 +144,23 @@ class Announcer:
         rounds: int = ROUNDS,
         step: float = STEP,
     ) -> None:
-        self._params = {"initial": initial, "max_gap": max_gap, "rounds": rounds, "step": step}
+        self.initial = initial
+        self.max_gap = max_gap
+        self.rounds = rounds
+        self.step = step
         self._running: dict[str, AnnounceSchedule] = {}
 
     def start(self, name: str, now: float) -> None:
         """Announce ``name`` (again, from the first round, if one is running)."""
         schedule = self._running.get(name)
         if schedule is None:
-            self._running[name] = AnnounceSchedule(
-                now,
-                initial=self._params["initial"],
-                max_gap=self._params["max_gap"],
-                rounds=int(self._params["rounds"]),
-                step=self._params["step"],
+            schedule = AnnounceSchedule(
+                now, initial=self.initial, max_gap=self.max_gap, rounds=self.rounds, step=self.step
             )
+            self._running[name] = schedule
         else:
             schedule.restart(now)
-        if self._running[name].done:
+        if schedule.done:
             del self._running[name]
 
     def cancel(self, name: str) -> None:

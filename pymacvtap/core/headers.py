@@ -420,10 +420,6 @@ def udp4_checksum(src: bytes, dst: bytes, datagram: Buffer) -> int:
     return value or 0xFFFF
 
 
-def ipv4_header_checksum(header: Buffer) -> int:
-    return internet_checksum(header)
-
-
 def fix_icmpv6_checksum(buf: bytearray, l3_offset: int, nd: Nd) -> None:
     """Recompute, in place, the checksum of the ICMPv6 message ``nd`` describes."""
     buf[nd.icmp_at + 2 : nd.icmp_at + 4] = b"\x00\x00"
