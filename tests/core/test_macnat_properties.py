@@ -104,11 +104,13 @@ def test_never_raises_and_output_is_bounded(steps: list[tuple[bytes, bool, bool]
                 assert result[6:12] == LOWER
         else:
             got = nat.classify_in(data, float(now))
+            nat.book.learn_from_received("a", EP_A, data, float(now))  # never raises either
             if got is not None:
                 assert isinstance(got, Inbound) and got.endpoint in ("a", "b")
                 assert len(got.data) == len(data)
                 assert got.data[:6] == nat.mac_of(got.endpoint)
         assert nat.transactions() <= 8
+        assert len(nat.book.entries("a", float(now))) <= 64
     assert nat.drops == dropped
 
 
