@@ -274,8 +274,10 @@ def udp_of_ipv4(data: Buffer, l3: L3) -> tuple[Ipv4, int] | None:
 
 def parse_bootp(data: Buffer, offset: int, end: int) -> Bootp | None:
     """A BOOTP/DHCP message in ``data[offset:end]``: the fields SPEC 9 needs, options read."""
-    if end > len(data) or end < offset + BOOTP_FIXED_LEN or data[offset + 1] != 1:
-        return None  # too short, or not an Ethernet client (htype 1)
+    if end > len(data) or end < offset + BOOTP_FIXED_LEN:
+        return None
+    if data[offset + 1] != 1 or data[offset + 2] != 6:
+        return None  # not an Ethernet client (htype 1, hlen 6)
     xid = int.from_bytes(data[offset + 4 : offset + 8], "big")
     flags = (data[offset + 10] << 8) | data[offset + 11]
     message_type = lease_time = None

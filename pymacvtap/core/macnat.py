@@ -240,6 +240,34 @@ class MacNat:
             return None
         return Inbound(name, self._to_endpoint(data, l3, self._macs[name]))
 
+    def sender_of(self, data: Buffer, now: float) -> str | None:
+        """The macnat endpoint that sent a frame now coming back from the wire, if any.
+
+        A group frame an endpoint sent comes back when a VEPA switch hairpins it (or an
+        access point echoes it); macvlan spares the sender its own echo by source MAC,
+        but translated frames all carry the lower's.  The sender is found by what it
+        claimed instead: ARP sender IP, IPv4/IPv6 source, the target of a DAD probe.
+        """
+        l3 = h.l3_header(data)
+        if l3 is None or bytes(data[6:12]) != self.lower_mac:
+            return None
+        if l3.ethertype == h.ETH_P_ARP:
+            arp = h.parse_arp(data, l3.offset)
+            return None if arp is None else self._owner(arp.spa, now)
+        if l3.ethertype == h.ETH_P_IP:
+            ip = h.parse_ipv4(data, l3.offset)
+            return None if ip is None else self._owner(ip.src, now)
+        if l3.ethertype != h.ETH_P_IPV6:
+            return None
+        ip6 = h.parse_ipv6(data, l3.offset)
+        if ip6 is None:
+            return None
+        if ip6.src == h.IPV6_UNSPECIFIED:
+            icmp = h.parse_icmpv6(data, l3)
+            target = None if icmp is None else icmp[1].target
+            return None if target is None else self._owner(target, now)
+        return self._owner(ip6.src, now)
+
     def _owner(self, address: bytes, now: float) -> str | None:
         name = self.book.owner(address, now)
         return name if name is not None and name in self._macs else None

@@ -269,3 +269,19 @@ def test_dhcp_transactions_are_bounded() -> None:
     assert into(nat, dhcp(OUTSIDE, 0, "offer", reply=True, chaddr=EP_A)) is None
     nat.remove_endpoint("a")
     assert nat.transactions() == 0 and "a" not in nat
+
+
+def test_the_sender_of_a_reflected_frame_is_found_by_what_it_claimed() -> None:
+    nat = learned(new_nat())
+    for frame, sender in [
+        (arp(EP_A, IP_A, IP_OUT), "a"),
+        (arp(EP_B, IP_B, IP_OUT), "b"),
+        (udp4(EP_B, BROADCAST, IP_B, IP_OUT), "b"),
+        (router_solicit(EP_A, IP6_A), "a"),
+        (neighbour_solicit(EP_A, bytes(16), IP6_A_GLOBAL, lladdr=False), "a"),
+        (arp(EP_A, IP_HOST, IP_OUT), None),  # the host's own, reflected
+        (raw(BROADCAST, EP_A, 0x88CC), None),
+    ]:
+        echoed = frame[:6] + LOWER + frame[12:]
+        assert nat.sender_of(echoed, 1.0) == sender, frame
+        assert nat.sender_of(frame, 1.0) is None  # not the lower's source MAC
