@@ -92,6 +92,22 @@ if exercise == "1":
     assert len(b.rx_queue) == 2, d
     engine.from_lower(port, core.Frame(b"\x00" * 5))
     engine.remove_lower("eth0")
+    if package + ".macnat" in sys.modules:
+        # Addresses, announcements and MAC translation at work too (SPEC 9).
+        addresses = sys.modules[package + ".addresses"]
+        announce = sys.modules[package + ".announce"]
+        macnat = sys.modules[package + ".macnat"]
+        book = addresses.AddressBook()
+        nat = macnat.MacNat(bytes.fromhex("525400000001"), book)
+        nat.add_endpoint("a", a.mac)
+        ipv4, ipv6 = bytes([10, 0, 0, 2]), bytes.fromhex("fe80" + "00" * 13 + "02")
+        for sent in announce.announcement(a.mac, [ipv4], [ipv6]):
+            assert isinstance(nat.translate_out("a", sent, 1.0), bytes)
+        reply = announce.gratuitous_arp(outside, bytes([10, 0, 0, 9]))
+        inbound = nat.classify_in(bytes.fromhex("525400000001") + reply[6:], 1.0)
+        assert book.as_list("a", 1.0) and inbound is None, inbound
+        schedule = announce.AnnounceSchedule(0.0)
+        assert schedule.due(0.0) and schedule.next_event(0.0) == 0.05
 loaded = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in forbidden)
 problems += [f"loads module {m}" for m in loaded]
 
@@ -191,7 +207,19 @@ def make_package(root: Path, name: str, files: dict[str, str]) -> Path:
 
 def test_core_modules_are_all_found() -> None:
     modules = submodules(CORE_DIR, "pymacvtap.core")
-    for expected in ("engine", "port", "frame", "stats", "mac", "modes", "endpoint"):
+    for expected in (
+        "engine",
+        "port",
+        "frame",
+        "stats",
+        "mac",
+        "modes",
+        "endpoint",
+        "headers",
+        "addresses",
+        "announce",
+        "macnat",
+    ):
         assert f"pymacvtap.core.{expected}" in modules
     if (CORE_DIR / "offload.py").exists():
         assert "pymacvtap.core.offload" in modules
