@@ -1,8 +1,9 @@
 """Words → (options, a parsed command): the top of the grammar (SPEC 4).
 
-Global options, then the command; `link` is handed to :mod:`pymacvtap.cli.link`.  Plain
-functions from words to data, so the tests check every form without a daemon.  A wrong
-word raises :class:`~pymacvtap.cli.errors.UsageError` naming it.
+Global options, then the command, looked up in :data:`COMMANDS`; `link` is handed to
+:mod:`pymacvtap.cli.link`.  Plain functions from words to data, so the tests check every
+form without a daemon.  A wrong word raises :class:`~pymacvtap.cli.errors.UsageError`
+naming it.
 """
 
 from __future__ import annotations
