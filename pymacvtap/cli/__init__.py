@@ -2,7 +2,8 @@
 
 - :mod:`~pymacvtap.cli.parser` and :mod:`~pymacvtap.cli.link`: words → a parsed command
   (:mod:`~pymacvtap.cli.parsed`), with the word readers in :mod:`~pymacvtap.cli.words`;
-- :mod:`~pymacvtap.cli.help`: the help texts;
+- :mod:`~pymacvtap.cli.help`: the help texts, with the ``-j`` fields written from the JSON
+  schema by :mod:`~pymacvtap.cli.fields`;
 - :mod:`~pymacvtap.cli.output`: text and ``-j`` output;
 - :mod:`~pymacvtap.cli.commands`: running a command over the control client;
 - :mod:`~pymacvtap.cli.capture`: ``capture`` and its pcap writer;

@@ -15,9 +15,8 @@ from typing import TextIO
 from pymacvtap.cli.capture import run_capture
 from pymacvtap.cli.commands import run_command, run_daemon, run_exec, version
 from pymacvtap.cli.errors import PROG, Failure, UsageError
-from pymacvtap.cli.parsed import Capture, Exec, Help, RunDaemon, ShowVersion
+from pymacvtap.cli.parsed import Capture, Command, Exec, Help, RunDaemon, ShowVersion
 from pymacvtap.cli.parser import parse
-from pymacvtap.cli.words import match
 
 
 def run(argv: Sequence[str], out: TextIO | None = None) -> int:
@@ -61,5 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_monitor(args: Sequence[str]) -> bool:
     """monitor and capture run until interrupted: Ctrl-C is their normal end."""
-    words = [a for a in args if not a.startswith("-")]
-    return any(match(a, ("monitor",)) == "monitor" or a == "capture" for a in words)
+    # Parsed again rather than looked at word by word, so that every spelling the
+    # parser accepts (`mon`, `cap`, `--socket /monitor link show`) is judged as it was run.
+    try:
+        _opts, parsed = parse(args)
+    except (UsageError, Failure):
+        return False
+    return isinstance(parsed, Capture) or (isinstance(parsed, Command) and parsed.verb == "monitor")

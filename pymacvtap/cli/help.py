@@ -6,6 +6,7 @@ chooses which one to show.
 
 from __future__ import annotations
 
+from pymacvtap.cli.fields import json_option_help
 from pymacvtap.control.client import DEFAULT_SOCKET
 
 HELP_TOP = """\
@@ -30,7 +31,8 @@ DESCRIPTION
     kernel's modes: private, vepa, bridge, passthru and source.  The forwarding runs in the
     `pymacvtap daemon` process; every other command talks to it over its control socket.
 
-    Words may be abbreviated where `ip` allows it (`pymacvtap l sh` is `link show`).
+    A command may be abbreviated to any unique prefix (`mon` is `monitor`, `cap` is
+    `capture`), and link's subcommands as `ip` allows (`pymacvtap l sh` is `link show`).
 
 OPTIONS (before the command)
     -j, --json         print JSON (link show: a list of objects; monitor: one object
@@ -51,8 +53,9 @@ COMMANDS
     monitor        print events as they happen               (pymacvtap monitor --help)
     exec           run a VM with the endpoint's tap queues   (pymacvtap exec --help)
     capture        record an endpoint's frames               (pymacvtap capture --help)
-    version        print this program's and the daemon's versions
+    version        print the client's and daemon's versions  (pymacvtap version --help)
     daemon         run the daemon                            (pymacvtap daemon --help)
+    help           this text, or a command's: `pymacvtap help link add`
 
 PERMISSIONS
     Any local user may connect to the control socket; each request is authorized by the
@@ -113,11 +116,7 @@ OPTIONS
     -s               add RX and TX counters (bytes, packets, errors, dropped; RX
                      multicast), like `ip -s link`, and the frames dropped or refused
                      by reason (spoofed, oversize_from_endpoint, rx_queue_full, ...)
-    -j               print a JSON list of objects with ifname, link, type, mode, address,
-                     mtu, operstate, frontend, path, netns, owner, group, queues,
-                     spoofchk; with -s also stats64: {rx: {bytes, packets, errors,
-                     dropped, multicast}, tx: {bytes, packets, errors, dropped}} and
-                     drops: {REASON: count}
+{json_option}
     -p               indent the JSON
 
 EXAMPLES
@@ -291,6 +290,27 @@ EXAMPLES
     pymacvtap capture vm0 -w vm0.pcap -c 1000 && tcpdump -e -r vm0.pcap
 """
 
+HELP_VERSION = """\
+pymacvtap version - print the versions of this program and of the daemon
+
+SYNOPSIS
+    pymacvtap [--socket PATH] version
+
+DESCRIPTION
+    Prints this program's version, then asks the daemon for its own and for the version
+    of the control protocol it speaks:
+
+        pymacvtap 0.1.0
+        daemon 0.1.0 (protocol 1)
+
+    When the daemon cannot be reached, the second line is an error on stderr and the exit
+    status is 1.  `pymacvtap -V` prints this program's version only, asking nobody.
+
+EXAMPLES
+    pymacvtap version
+    pymacvtap --socket /tmp/p.sock version
+"""
+
 HELP_DAEMON = """\
 pymacvtap daemon - run the daemon
 
@@ -317,5 +337,9 @@ EXAMPLES
 
 
 def fill(text: str) -> str:
-    """The text with ``{default}`` replaced by the default control socket."""
+    """The text with ``{default}`` replaced by the default control socket, and ``{json_option}``
+    by the ``-j`` paragraph written from the JSON schema (read only for the help that shows it).
+    """
+    if "{json_option}" in text:
+        text = text.replace("{json_option}", json_option_help())
     return text.replace("{default}", DEFAULT_SOCKET)

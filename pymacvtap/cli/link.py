@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymacvtap.cli.errors import Failure, suggest, usage
-from pymacvtap.cli.help import HELP_ADD, HELP_DEL, HELP_LINK, HELP_SET, HELP_SHOW
+from pymacvtap.cli.help import HELP_ADD, HELP_DEL, HELP_LINK, HELP_SET, HELP_SHOW, fill
 from pymacvtap.cli.parsed import Command, Help, Parsed
 from pymacvtap.cli.words import (
     HELP_WORDS,
@@ -47,7 +47,7 @@ def link_help(word: str) -> Help | None:
     """The help of subcommand ``word``, if it names one that has help."""
     sub = link_sub(word)
     texts = {"add": HELP_ADD, "set": HELP_SET, "delete": HELP_DEL, "show": HELP_SHOW}
-    return Help(texts[sub]) if sub in texts else None
+    return Help(fill(texts[sub])) if sub in texts else None
 
 
 def parse_link(words: list[str]) -> Parsed:
@@ -83,7 +83,7 @@ def parse_link(words: list[str]) -> Parsed:
 def _parse_show(words: list[str]) -> Command:
     name, rest = take_name("link show", words, "link show")
     if rest:
-        global_misplaced("link show", rest[0], "link show")
+        global_misplaced("link show", rest, "link show")
         usage("link show", f'"{rest[0]}": unexpected word after NAME {name}', "link show")
     args: dict[str, Any] = {"name": name} if name is not None else {}
     return Command("link.show", args, f"link show {name}" if name else "link show")
@@ -94,6 +94,7 @@ def _parse_del(words: list[str]) -> Command:
     if name is None:
         usage("link del", "which endpoint? give its NAME", "link del")
     if rest:
+        global_misplaced(f"link del {name}", rest, "link del")
         usage(f"link del {name}", f'"{rest[0]}": unexpected word', "link del")
     return Command("link.del", {"name": name}, f"link del {name}")
 
@@ -173,7 +174,7 @@ def _parse_add(words: list[str]) -> Command:
             flags.add(_ADD_FLAGS[word])
             i += 1
             continue
-        global_misplaced(where, word, help_cmd)
+        global_misplaced(where, words[i:], help_cmd)
         hint = suggest(word, list(_ADD_VALUES) + list(_ADD_FLAGS))
         if "name" not in values and not hint:
             values["name"] = word  # `ip link add NAME ...`
@@ -279,16 +280,19 @@ def _parse_set(words: list[str]) -> Command:
             op = enum(where, "macaddr", rest[i + 1], MACADDR_OPS, help_cmd)
             i += 2
             macs: list[str] = []
-            while i < len(rest) and rest[i] not in _SET_KEYWORDS:
+            # A MAC never begins with "-": such a word is a (misplaced) option, not a MAC.
+            while i < len(rest) and rest[i] not in _SET_KEYWORDS and not rest[i].startswith("-"):
                 macs.append(rest[i])
                 i += 1
+            if i < len(rest) and rest[i].startswith("-"):
+                global_misplaced(where, rest[i:], help_cmd)
             if op in ("add", "del") and not macs:
                 usage(where, f'"macaddr {op}" needs at least one MAC', help_cmd)
             if op == "flush" and macs:
                 usage(where, f'"macaddr flush" takes no MAC, got "{macs[0]}"', help_cmd)
             changes["macaddr"] = {"op": op, "addresses": macs}
             continue
-        global_misplaced(where, word, help_cmd)
+        global_misplaced(where, rest[i:], help_cmd)
         usage(where, f'"{word}": unknown word{suggest(word, _SET_KEYWORDS)}', help_cmd)
     if not changes:
         usage(

@@ -1,14 +1,16 @@
 """Words → (options, a parsed command): the top of the grammar (SPEC 4).
 
-Global options, then the command; `link` is handed to :mod:`pymacvtap.cli.link`.  Plain
-functions from words to data, so the tests check every form without a daemon.  A wrong
-word raises :class:`~pymacvtap.cli.errors.UsageError` naming it.
+Global options, then the command, looked up in :data:`COMMANDS`; `link` is handed to
+:mod:`pymacvtap.cli.link`.  Plain functions from words to data, so the tests check every
+form without a daemon.  A wrong word raises :class:`~pymacvtap.cli.errors.UsageError`
+naming it.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 from pymacvtap.cli.errors import suggest, usage
 from pymacvtap.cli.help import (
@@ -18,6 +20,7 @@ from pymacvtap.cli.help import (
     HELP_LINK,
     HELP_MONITOR,
     HELP_TOP,
+    HELP_VERSION,
     fill,
 )
 from pymacvtap.cli.link import link_help, parse_link
@@ -32,11 +35,12 @@ from pymacvtap.cli.parsed import (
     ShowVersion,
 )
 from pymacvtap.cli.words import (
-    GLOBAL_FLAGS,
     HELP_WORDS,
+    flag_names,
     global_misplaced,
     integer,
-    match,
+    prefix_of,
+    refuse_global,
     wants_help,
 )
 
@@ -61,51 +65,53 @@ def parse(argv: Sequence[str]) -> tuple[Options, Parsed]:
             if not opts.socket:
                 usage("", '"--socket" needs a PATH', "")
             continue
-        flag = GLOBAL_FLAGS.get(word)
-        if flag is None and len(word) > 2 and word[1] != "-":
-            # clustered short flags: -js, -sj
-            names = [GLOBAL_FLAGS.get("-" + c) for c in word[1:]]
-            if all(names):
-                for name in names:
-                    _set_flag(opts, str(name))
-                continue
-        if flag is None:
+        names = flag_names(word)
+        if names is None:
             usage(
                 "",
                 f'option "{word}": unknown (global options: -j, -p, -s, -d, --socket PATH, '
                 "-V, --help)",
             )
-        _set_flag(opts, flag)
+        for name in names:
+            _set_flag(opts, name)
     if not words:
-        usage("", "no command given (link, monitor, version or daemon)", "")
+        usage("", f"no command given ({_or(list(COMMANDS))})", "")
     obj, rest = words[0], words[1:]
-    if obj == "daemon":
-        return opts, _parse_daemon(rest, opts)
-    name = match(obj, ("link", "monitor", "help", "version"))
-    if name == "link":
-        return opts, parse_link(rest)
-    if name == "monitor":
-        return opts, _parse_monitor(rest)
-    if name == "version":
-        if rest:
-            usage("version", f'"{rest[0]}": unexpected word')
-        return opts, ShowVersion(ask_daemon=True)
-    if name == "help":
-        return opts, _help_for(rest)
-    if obj == "exec":
-        return opts, _parse_exec(rest)
-    if obj == "capture":
-        return opts, _parse_capture(rest)
-    usage(
-        "", f'unknown command "{obj}"{suggest(obj, ("link", "monitor", "daemon", "version"))}', ""
-    )
+    command = COMMANDS[_command(obj)]
+    # The same help words after every command, whatever else it reads (`exec help`, `cap -h`).
+    if rest and (rest[0] == "help" or rest[0] in HELP_WORDS):
+        return opts, Help(fill(command.help))
+    return opts, command.parse(rest, opts)
 
 
-def _parse_exec(words: list[str]) -> Parsed:
-    if not words or words[0] in HELP_WORDS:
-        if words:
-            return Help(HELP_EXEC)
+def _command(word: str) -> str:
+    """The command ``word`` names or uniquely abbreviates (``cap`` → capture)."""
+    found = prefix_of(word, list(COMMANDS))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        usage("", f'command "{word}" is ambiguous ({_or(found)})', "")
+    usage("", f'unknown command "{word}"{suggest(word, list(COMMANDS))}', "")
+
+
+def _or(words: list[str]) -> str:
+    """``a, b or c``."""
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _parse_version(words: list[str], _opts: Options) -> Parsed:
+    if wants_help(words):
+        return Help(HELP_VERSION)
+    if words:
+        global_misplaced("version", words, "version")
+        usage("version", f'"{words[0]}": unexpected word', "version")
+    return ShowVersion(ask_daemon=True)
+
+
+def _parse_exec(words: list[str], _opts: Options) -> Parsed:
+    if not words:
         usage("exec", "NAME is missing", "exec")
+    refuse_global("exec", words)
     name, rest = words[0], words[1:]
     queues: int | None = None
     if rest and rest[0] == "queues":
@@ -115,6 +121,11 @@ def _parse_exec(words: list[str]) -> Parsed:
         if not 1 <= queues <= 256:
             usage(f"exec {name}", f"queues {queues}: must be 1..256", "exec")
         rest = rest[2:]
+    if rest and rest[0] in HELP_WORDS:
+        return Help(HELP_EXEC)
+    if rest and rest[0] != "--":
+        # A COMMAND does not begin with "-": this is an option, misplaced or unknown.
+        global_misplaced(f"exec {name}", rest, "exec")
     if rest and rest[0] == "--":
         rest = rest[1:]
     if not rest:
@@ -122,11 +133,10 @@ def _parse_exec(words: list[str]) -> Parsed:
     return Exec(name, queues, rest)
 
 
-def _parse_capture(words: list[str]) -> Parsed:
-    if not words or words[0] in HELP_WORDS:
-        if words:
-            return Help(HELP_CAPTURE)
+def _parse_capture(words: list[str], _opts: Options) -> Parsed:
+    if not words:
         usage("capture", "NAME is missing", "capture")
+    refuse_global("capture", words)
     name, rest = words[0], words[1:]
     write: str | None = None
     count: int | None = None
@@ -144,6 +154,7 @@ def _parse_capture(words: list[str]) -> Parsed:
         elif word in HELP_WORDS:
             return Help(HELP_CAPTURE)
         else:
+            refuse_global(where, [word, *rest])
             usage(where, f'"{word}": unexpected word (-w FILE, -c COUNT)', "capture")
     return Capture(name, write, count)
 
@@ -153,30 +164,23 @@ def _set_flag(opts: Options, flag: str) -> None:
         setattr(opts, flag, True)
 
 
-def _help_for(words: list[str]) -> Help:
+def _parse_help(words: list[str], _opts: Options) -> Help:
     if not words:
         return Help(fill(HELP_TOP))
-    if words[0] == "daemon":
-        return Help(fill(HELP_DAEMON))
-    if words[0] == "exec":
-        return Help(HELP_EXEC)
-    if words[0] == "capture":
-        return Help(HELP_CAPTURE)
-    if match(words[0], ("monitor",)):
-        return Help(HELP_MONITOR)
-    if match(words[0], ("link",)):
-        if len(words) > 1:
-            return link_help(words[1]) or Help(HELP_LINK)
-        return Help(HELP_LINK)
-    usage("help", f'"{words[0]}": no such command')
+    found = prefix_of(words[0], list(COMMANDS))
+    if len(found) != 1:
+        usage("help", f'"{words[0]}": no such command')
+    if found[0] == "link" and len(words) > 1:
+        return link_help(words[1]) or Help(HELP_LINK)
+    return Help(fill(COMMANDS[found[0]].help))
 
 
-def _parse_monitor(words: list[str]) -> Parsed:
+def _parse_monitor(words: list[str], _opts: Options) -> Parsed:
     if wants_help(words):
         return Help(HELP_MONITOR)
-    for word in words:
+    for i, word in enumerate(words):
         if word not in ("link", "all"):
-            global_misplaced("monitor", word, "monitor")
+            global_misplaced("monitor", words[i:], "monitor")
             usage("monitor", f'"{word}": unexpected word', "monitor")
     return Command("monitor", {}, "monitor")
 
@@ -221,3 +225,24 @@ def _parse_daemon(words: list[str], opts: Options) -> Parsed:
     if values["socket"] is None:
         values["socket"] = opts.socket
     return RunDaemon(argparse.Namespace(**values))
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandWord:
+    """One command: how the words after it are read, and its help."""
+
+    parse: Callable[[list[str], Options], Parsed]
+    help: str
+
+
+# Every command, once: the parser, the "no command given" list, the suggestions for a
+# misspelt command and `help COMMAND` all read this table, so none of them can forget one.
+COMMANDS: dict[str, CommandWord] = {
+    "link": CommandWord(lambda words, _opts: parse_link(words), HELP_LINK),
+    "monitor": CommandWord(_parse_monitor, HELP_MONITOR),
+    "exec": CommandWord(_parse_exec, HELP_EXEC),
+    "capture": CommandWord(_parse_capture, HELP_CAPTURE),
+    "version": CommandWord(_parse_version, HELP_VERSION),
+    "daemon": CommandWord(_parse_daemon, HELP_DAEMON),
+    "help": CommandWord(_parse_help, HELP_TOP),
+}

@@ -6,9 +6,10 @@ raises the usage error that names the word.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
-from pymacvtap.cli.errors import suggest, usage
+from pymacvtap.cli.errors import PROG, suggest, usage
 
 GLOBAL_FLAGS = {
     "-j": "json",
@@ -38,20 +39,68 @@ def match(word: str, choices: Sequence[str]) -> str | None:
     return None
 
 
+def prefix_of(word: str, choices: Sequence[str]) -> list[str]:
+    """The choices ``word`` abbreviates: the one it spells out, else all it is a prefix of.
+
+    Command words are read this way (``cap`` is capture): a prefix counts only when it is
+    unique, so that a word that could mean two commands is refused rather than guessed.
+    """
+    if not word:
+        return []
+    if word in choices:
+        return [word]
+    return [choice for choice in choices if choice.startswith(word)]
+
+
 def wants_help(words: list[str]) -> bool:
     """``help`` first, or ``-h``/``--help`` anywhere."""
     return bool(words) and (words[0] == "help" or any(w in HELP_WORDS for w in words))
 
 
-def global_misplaced(where: str, word: str, help_cmd: str) -> None:
-    """An option after the command: say where global options go, or that it is unknown."""
-    if word in GLOBAL_FLAGS or word == "--socket":
-        usage(
-            where,
-            f'"{word}": global options go before the command (pymacvtap {word} {where} ...)',
-        )
-    if word.startswith("-"):
-        usage(where, f'"{word}": unknown option', help_cmd)
+def flag_names(word: str) -> list[str] | None:
+    """The global flags ``word`` sets (``-j`` → json; the cluster ``-js`` → json, stats)."""
+    flag = GLOBAL_FLAGS.get(word)
+    if flag is not None:
+        return [flag]
+    if len(word) > 2 and word[0] == "-" and word[1] != "-":
+        names = [GLOBAL_FLAGS.get("-" + c) for c in word[1:]]
+        if all(names):
+            return [str(name) for name in names]
+    return None
+
+
+def global_option(words: Sequence[str]) -> list[str] | None:
+    """The global option at the front of ``words``, with its PATH if it takes one, as typed."""
+    word = words[0]
+    if word == "--socket":
+        return [word, words[1]] if len(words) > 1 else [word]
+    if word.startswith("--socket=") or flag_names(word) is not None:
+        return [word]
+    return None
+
+
+def refuse_global(where: str, words: Sequence[str]) -> None:
+    """A global option at the front of ``words``, after the command: say where it goes.
+
+    Global options are the program's, not a command's, and go before the command only, as
+    in `ip -j link show` (iproute2 refuses `ip link show -j` too).  Accepting them after
+    the command would make words that are values ambiguous: exec's COMMAND may take `-s`, a
+    socket PATH may begin with `-`.  The refusal shows the option as it has to be written,
+    its PATH included, so that the corrected command is one edit away.
+    """
+    option = global_option(words)
+    if option is not None:
+        typed = " ".join(option)
+        usable = option if option != ["--socket"] else ["--socket", "PATH"]
+        before = shlex.join([PROG, *usable]) + f" {where} ..."
+        usage(where, f'"{typed}": global options go before the command ({before})')
+
+
+def global_misplaced(where: str, words: Sequence[str], help_cmd: str) -> None:
+    """An option at the front of ``words`` where the command takes none: refuse it."""
+    refuse_global(where, words)
+    if words[0].startswith("-"):
+        usage(where, f'"{words[0]}": unknown option', help_cmd)
 
 
 def take_name(where: str, words: list[str], help_cmd: str) -> tuple[str | None, list[str]]:
@@ -62,7 +111,7 @@ def take_name(where: str, words: list[str], help_cmd: str) -> tuple[str | None, 
         if len(words) < 2:
             usage(where, '"dev" needs a NAME', help_cmd)
         return words[1], words[2:]
-    global_misplaced(where, words[0], help_cmd)
+    global_misplaced(where, words, help_cmd)
     return words[0], words[1:]
 
 

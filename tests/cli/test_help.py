@@ -68,7 +68,7 @@ TOP_OPTIONS = ["-j, --json", "-s, --stats", "-p, --pretty", "--socket PATH", "-V
         (HELP_SET, SET_OPTIONS),
         (fill(HELP_DAEMON), DAEMON_OPTIONS),
         (fill(HELP_TOP), TOP_OPTIONS),
-        (HELP_SHOW, ["-s ", "-j ", "stats64", "dev NAME"]),
+        (fill(HELP_SHOW), ["-s ", "-j ", "stats64", "netdev", "lower_stats", "dev NAME"]),
         (HELP_DEL, ["dev"]),
         (HELP_MONITOR, ["-j "]),
     ],
