@@ -495,3 +495,19 @@ def test_client_id_is_stable_per_name_and_mac() -> None:
     assert client_id_for("c1", SERVER_MAC) != one
     duid = b"\x00\x04" + bytes(range(16))
     assert client_id_for("c1", MAC, duid) == client_id_for("c1", SERVER_MAC, duid)
+
+
+def test_decline_gives_the_address_back_and_waits_10_seconds() -> None:
+    client = make_client()
+    bind(client, 0.0)
+    client.decline(5.0)
+    (decline,) = sent(client)
+    assert decline.kind is MessageType.DECLINE and decline.broadcast
+    assert decline.msg.ciaddr == ZERO
+    assert decline.msg.address(Option.REQUESTED_IP) == OFFERED
+    assert decline.msg.address(Option.SERVER_ID) == SERVER
+    (lost,) = events(client)
+    assert isinstance(lost, LeaseLost) and lost.reason == "declined"
+    assert client.state is State.INIT and client.get_timer() == 15.0
+    client.handle_timer(15.0)
+    assert [s.kind for s in sent(client)] == [D]

@@ -7,9 +7,20 @@ from ipaddress import IPv4Address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pymacvtap.core.dhcp import Message, decode, encode, parse_frame
+from pymacvtap.core.dhcp import (
+    Lease,
+    LeaseAcquired,
+    LeaseLost,
+    LeaseRenewed,
+    Message,
+    MessageType,
+    State,
+    decode,
+    encode,
+    parse_frame,
+)
 from pymacvtap.core.dhcp.message import FIXED_SIZE, MAGIC_COOKIE
-from tests.dhcp.helpers import bind, make_client
+from tests.dhcp.helpers import MAC, OFFERED, SERVER, bind, make_client, reply
 
 addresses = st.integers(0, 2**32 - 1).map(IPv4Address)
 options = st.dictionaries(
@@ -85,3 +96,61 @@ def test_a_bound_client_survives_any_frames(frames: list[bytes]) -> None:
         client.receive_frame(frame, float(i))
         client.receive_datagram(frame, float(i))
     assert client.lease is not None
+
+
+# -- the state machine under any sequence of answers and clock steps ---------------------
+
+HAS_LEASE = {State.BOUND, State.RENEWING, State.REBINDING, State.REBOOTING}
+NO_LEASE = {State.INIT, State.SELECTING, State.REQUESTING, State.STOPPED}
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("wait"), st.floats(0, 400)),
+        st.tuples(st.just("timer"), st.just(0.0)),
+        st.tuples(st.sampled_from(["offer", "ack", "nak", "ack-other"]), st.just(0.0)),
+        st.tuples(st.sampled_from(["release", "decline", "restart"]), st.just(0.0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300)
+@given(actions, st.booleans())
+def test_any_sequence_keeps_the_invariants(steps: list[tuple[str, float]], saved: bool) -> None:
+    client = make_client(min_retry=5.0)
+    now = 1000.0
+    lease = Lease(OFFERED, 24, SERVER, 900.0, 600, 300, 525) if saved else None
+    client.start(now, lease)
+    last: Message | None = None
+    for action, value in steps:
+        if action == "wait":
+            now += value
+        elif action == "timer":
+            timer = client.get_timer()
+            now = max(now, timer if timer is not None else now)
+            client.handle_timer(now)
+        elif action in ("offer", "ack", "nak", "ack-other") and last is not None:
+            kind = {"offer": MessageType.OFFER, "nak": MessageType.NAK}.get(action, MessageType.ACK)
+            address = OFFERED if action != "ack-other" else IPv4Address("192.0.2.99")
+            client.receive_datagram(reply(last, kind, yiaddr=address, lease_time=600), now)
+        elif action == "release":
+            client.release(now)
+        elif action == "decline":
+            client.decline(now)
+        elif action == "restart":
+            client.start(now, client.lease)
+        for dgram in client.datagrams_to_send():
+            msg = decode(dgram.payload)
+            assert msg is not None and msg.op == 1 and msg.chaddr == MAC
+            last = msg
+        while (event := client.next_event()) is not None:
+            if isinstance(event, LeaseAcquired | LeaseRenewed):
+                assert event.lease.address in (OFFERED, IPv4Address("192.0.2.99"))
+            else:
+                assert isinstance(event, LeaseLost)
+        # What holds in every state: a lease exactly where one is expected, and a timer
+        # everywhere but STOPPED (no lease here is infinite).
+        assert (client.lease is not None) == (client.state in HAS_LEASE), client.state
+        assert (client.get_timer() is None) == (client.state is State.STOPPED)
+        if client.lease is not None and client.state is not State.REBOOTING:
+            timer = client.get_timer()
+            assert timer is not None and timer <= client.lease.expires

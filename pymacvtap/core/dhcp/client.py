@@ -60,6 +60,7 @@ PARAMETERS = bytes(
     )
 )
 MAX_MESSAGE_SIZE = 1500
+DECLINE_WAIT = 10.0  # seconds before discovering again after a DECLINE (RFC 2131 3.1)
 
 
 class State(Enum):
@@ -92,7 +93,10 @@ class LeaseRenewed(Value):
 
 
 class LeaseLost(Value):
-    """The address must come off the netdev: ``reason`` is nak, expired, released, changed."""
+    """The address must come off the netdev.
+
+    ``reason``: nak, expired, released, declined, or changed (a renewal gave another).
+    """
 
     __slots__ = ("lease", "reason")
 
@@ -195,6 +199,24 @@ class DhcpClient:
         self.lease = None
         self.state = State.STOPPED
         self._timer = None
+
+    def decline(self, now: float) -> None:
+        """The lease's address is in use by another host (the caller found out, by ARP):
+        tell the server and start over after 10 seconds (RFC 2131 3.1 step 5)."""
+        lease = self.lease
+        if lease is None or self.state not in (State.BOUND, State.RENEWING, State.REBINDING):
+            return
+        self._xid = self._new_xid()
+        options: dict[int, bytes] = {
+            Option.REQUESTED_IP: lease.address.packed,
+            Option.SERVER_ID: lease.server_id.packed,
+        }
+        self._queue(MessageType.DECLINE, now, options)
+        self._events.append(LeaseLost(lease, "declined"))
+        self.lease = None
+        self._offer = None
+        self.state = State.INIT
+        self._timer = now + DECLINE_WAIT
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called; None: nothing pending."""
