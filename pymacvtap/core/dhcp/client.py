@@ -168,7 +168,7 @@ class DhcpClient:
         self._timer: float | None = None
         self._attempt = 0
         self._started = 0.0  # when this exchange began (the secs field)
-        self._request_sent = 0.0  # when the request that a lease will date from went out
+        self._request_sent = 0.0  # when the latest REQUEST went out: a lease dates from it
         self._offer: Message | None = None
         self._naks = 0
         self._outbox: list[Datagram] = []
@@ -182,7 +182,6 @@ class DhcpClient:
             self.lease = lease
             self._new_exchange(now)
             self.state = State.REBOOTING
-            self._request_sent = now
             self._send_request(now)
         else:
             self.lease = None
@@ -298,7 +297,6 @@ class DhcpClient:
         self._offer = offer
         self.state = State.REQUESTING
         self._attempt = 0
-        self._request_sent = now
         self._send_request(now)
 
     def _acknowledged(self, ack: Message, now: float, server_mac: bytes | None) -> None:
@@ -307,8 +305,8 @@ class DhcpClient:
             if ack.address(Option.SERVER_ID) not in (None, self._offer.address(Option.SERVER_ID)):
                 return
         lease = self._lease_from(ack, server_mac)
-        if lease is None:
-            return
+        if lease is None or lease.expired(now):
+            return  # unusable, or so late that what it grants is over already
         old = self.lease
         self._naks = 0
         if self.state in (State.RENEWING, State.REBINDING) and old is not None:
@@ -335,7 +333,6 @@ class DhcpClient:
             if self.state is not State.REBINDING:
                 self.state = State.REBINDING
                 self._new_exchange(now)
-            self._request_sent = now if self._attempt == 0 else self._request_sent
             self._send_request(now)
             self._attempt += 1
             self._timer = min(lease.expires, now + max(self.min_retry, (lease.expires - now) / 2))
@@ -343,7 +340,6 @@ class DhcpClient:
             if self.state is not State.RENEWING:
                 self.state = State.RENEWING
                 self._new_exchange(now)
-            self._request_sent = now if self._attempt == 0 else self._request_sent
             self._send_request(now)
             self._attempt += 1
             self._timer = min(lease.t2, now + max(self.min_retry, (lease.t2 - now) / 2))
@@ -388,7 +384,13 @@ class DhcpClient:
         return options
 
     def _send_request(self, now: float) -> None:
-        """The REQUEST of the current state (RFC 2131 table 5), and its retransmission."""
+        """The REQUEST of the current state (RFC 2131 table 5), and its retransmission.
+
+        The lease an ACK grants dates from the latest transmission: RFC 2131 4.4.1 says
+        the original request, but with renewals retransmitted over minutes that would
+        shorten the lease by as much, for an ACK that answers the latest one anyway.
+        """
+        self._request_sent = now
         options = self._discover_options()
         ciaddr = ANY
         to_server = False
