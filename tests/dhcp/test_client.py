@@ -511,3 +511,14 @@ def test_decline_gives_the_address_back_and_waits_10_seconds() -> None:
     assert client.state is State.INIT and client.get_timer() == 15.0
     client.handle_timer(15.0)
     assert [s.kind for s in sent(client)] == [D]
+
+
+def test_release_while_confirming_a_saved_lease_releases_it() -> None:
+    client = make_client()
+    client.start(100.0, saved_lease())
+    sent(client)
+    client.release(101.0)
+    (release,) = sent(client)
+    assert release.kind is REL and release.dgram.dst_mac == SERVER_MAC
+    (lost,) = events(client)
+    assert isinstance(lost, LeaseLost) and lost.reason == "released"

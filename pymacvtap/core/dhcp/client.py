@@ -190,7 +190,7 @@ class DhcpClient:
     def release(self, now: float) -> None:
         """Give the address back (unicast RELEASE to the server) and stop."""
         lease = self.lease
-        if lease is not None and self.state in (State.BOUND, State.RENEWING, State.REBINDING):
+        if lease is not None and self.state in _HOLDING:
             self._xid = self._new_xid()
             options: dict[int, bytes] = {Option.SERVER_ID: lease.server_id.packed}
             self._queue(MessageType.RELEASE, now, options, ciaddr=lease.address, to_server=True)
@@ -480,3 +480,6 @@ class DhcpClient:
 
 
 _WAITING_FOR_ACK = (State.REQUESTING, State.REBOOTING, State.RENEWING, State.REBINDING)
+# A lease the client believes valid: a saved one being confirmed (REBOOTING) counts, as its
+# address may already be on the netdev.
+_HOLDING = (State.REBOOTING, State.BOUND, State.RENEWING, State.REBINDING)
