@@ -25,6 +25,7 @@ import pytest
 from pymacvtap.core.dhcp import (
     DhcpClient,
     Event,
+    Lease,
     LeaseAcquired,
     LeaseLost,
     LeaseRenewed,
@@ -163,3 +164,42 @@ def test_lease_renewal_and_release_with_dnsmasq(dnsmasq_lab: tuple[str, Path, Pa
         io.run_until(lambda: lease_lines(leases) == [], timeout=5)
         assert isinstance(io.events[-1], LeaseLost) and io.events[-1].reason == "released"
         assert f"DHCPRELEASE(dh1) {lease.address}" in log.read_text()
+
+
+def test_resume_after_restart_and_nak_with_dnsmasq(dnsmasq_lab: tuple[str, Path, Path]) -> None:
+    cli, leases, log = dnsmasq_lab
+    sock = socket_in(cli, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+    with sock:
+        sock.bind(("dh0", ETH_P_IP))
+        client_id = client_id_for("c1", MAC)
+
+        def new_client() -> Adapter:
+            return Adapter(DhcpClient(MAC, os.urandom, client_id=client_id, hostname="c1"), sock)
+
+        first = new_client()
+        first.client.start(first.now())
+        first.run_until(lambda: first.client.state is State.BOUND)
+        assert first.client.lease is not None
+        saved = first.client.lease.to_dict()
+
+        # A restarted daemon: the lease from the state file, confirmed (INIT-REBOOT).
+        second = new_client()
+        second.client.start(second.now(), Lease.from_dict(saved))
+        assert second.client.state is State.REBOOTING
+        second.run_until(lambda: second.client.state is State.BOUND)
+        (event,) = second.events
+        assert isinstance(event, LeaseAcquired)
+        assert str(event.lease.address) == saved["address"]
+
+        # A saved lease the server does not know for us: NAK, then a fresh lease.
+        wrong = Lease.from_dict(saved | {"address": "192.0.2.200"})
+        third = new_client()
+        third.client.start(third.now(), wrong)
+        third.run_until(lambda: third.client.state is State.BOUND)
+        lost, acquired = third.events
+        assert isinstance(lost, LeaseLost) and lost.reason == "nak"
+        assert isinstance(acquired, LeaseAcquired)
+        assert str(acquired.lease.address) == saved["address"]
+        assert "DHCPNAK(dh1) 192.0.2.200" in log.read_text()
+        ((_expiry, _mac, address, _hostname, _cid),) = lease_lines(leases)
+        assert address == saved["address"]
