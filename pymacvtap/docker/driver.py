@@ -199,12 +199,18 @@ class Driver:
         if mac:
             args["address"] = mac
         shown = self._daemon("link.add", args)
-        self.store.endpoints[endpoint_id] = {"network": network_id, "name": args["name"]}
-        self.store.save()
-        if interface:
-            return {}  # Docker gave the interface's values: it wants none back
         address = shown.get("address") if isinstance(shown, dict) else None
-        return {"Interface": {"MacAddress": address}} if address else {}
+        self.store.endpoints[endpoint_id] = {
+            "network": network_id,
+            "name": args["name"],
+            "address": address,
+        }
+        self.store.save()
+        if mac or not address:
+            return {}
+        # Docker gave no MAC: it takes the daemon's (else it would make up its own and
+        # put it on the netdev).  Only the fields Docker left empty may be answered.
+        return {"Interface": {"MacAddress": address}}
 
     def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         endpoint_id = _string(body, "EndpointID")

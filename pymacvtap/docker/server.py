@@ -75,6 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         if call not in self.server.driver.calls:
             self._reply(404, {"Err": f"{call}: not supported by the pymacvtap driver"})
             return
+        log.debug("%s %s", call, json.dumps(body))
         try:
             with self.server.lock:
                 result = self.server.driver.handle(call, body)

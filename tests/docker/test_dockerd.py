@@ -11,6 +11,7 @@ here and loaded with ``docker import``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -155,6 +156,36 @@ def docker_lab(tmp_path: Path) -> Iterator[tuple[Dockerd, DaemonProcess, str]]:
                 print(dockerd.log()[-4000:])
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_docker_takes_the_driver_answers(
+    docker_lab: tuple[Dockerd, DaemonProcess, str], tmp_path: Path
+) -> None:
+    """What works today: Docker accepts every answer and sets the container up with the
+    netdev the daemon made (address, default route from the driver's Join), and removal
+    leaves nothing behind in the daemon or the driver's state."""
+    dockerd, daemon, driver = docker_lab
+    dockerd.docker(
+        "network", "create", "-d", driver, "-o", "parent=low0", "-o", "mode=bridge",
+        "--subnet", f"{SUBNET}.0/24", "--gateway", f"{SUBNET}.1", "pmvnet",
+    )  # fmt: skip
+    dockerd.docker(
+        "run", "-d", "--name", "c1", "--network", "pmvnet", "--ip", f"{SUBNET}.11",
+        IMAGE, "sleep", "600",
+    )  # fmt: skip
+    addresses = dockerd.docker("exec", "c1", "ip", "-o", "-4", "addr", "show", "eth0").stdout
+    assert f"{SUBNET}.11/24" in addresses
+    routes = dockerd.docker("exec", "c1", "ip", "route").stdout
+    assert f"default via {SUBNET}.1 dev eth0" in routes
+    # The MAC the daemon chose is the container's, not one Docker made up.
+    (endpoint,) = json.loads((tmp_path / "docker.json").read_text())["endpoints"].values()
+    link = dockerd.docker("exec", "c1", "cat", "/sys/class/net/eth0/address").stdout
+    assert link.strip() == endpoint["address"]
+    dockerd.docker("rm", "-f", "c1")
+    dockerd.docker("network", "rm", "pmvnet")
+    assert daemon.show() == []
+    state = json.loads((tmp_path / "docker.json").read_text())
+    assert state == {"networks": {}, "endpoints": {}}
 
 
 @pytest.mark.xfail(

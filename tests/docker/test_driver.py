@@ -148,7 +148,9 @@ def test_endpoint_life(driver: Driver, daemon: FakeDaemon, tmp_path: Path) -> No
 
     # Restart of the driver: what it knew comes back from its state file.
     again = Driver(Store(driver.store.path), lambda: daemon)
-    assert again.store.endpoints == {EP: {"network": NET, "name": endpoint_name(EP)}}
+    assert again.store.endpoints == {
+        EP: {"network": NET, "name": endpoint_name(EP), "address": MAC}
+    }
     assert again.handle("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP})
 
     again.handle("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
@@ -169,6 +171,18 @@ def test_docker_given_mac_goes_to_the_daemon_and_nothing_comes_back(
     )  # fmt: skip
     assert reply == {}
     assert daemon.requests[0][1]["address"] == "02:00:00:00:00:07"
+
+
+def test_with_docker_ipam_only_the_mac_is_answered(driver: Driver, daemon: FakeDaemon) -> None:
+    # What dockerd 20.10 sends: the address from its IPAM, the MAC left empty.
+    create_network(driver)
+    reply = driver.handle(
+        "NetworkDriver.CreateEndpoint",
+        {"NetworkID": NET, "EndpointID": EP,
+         "Interface": {"Address": "192.0.2.5/24", "AddressIPv6": "", "MacAddress": ""}},
+    )  # fmt: skip
+    assert reply == {"Interface": {"MacAddress": MAC}}
+    assert "address" not in daemon.requests[0][1]
 
 
 def test_daemon_refusal_reaches_docker_and_nothing_is_recorded(
