@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 
 from tests.lab.daemon import DaemonProcess
 from tests.lab.fixtures import lab_with_lower, running_daemon
-from tests.lab.netns import unique_prefix
+from tests.lab.netns import ip, unique_prefix
 
 pytestmark = [
     pytest.mark.root,
@@ -217,4 +216,6 @@ def test_containers_on_a_pymacvtap_network(
     dockerd.docker("rm", "-f", "c1", "c2")
     dockerd.docker("network", "rm", "pmvnet")
     assert daemon.show() == []
-    assert os.path.exists(daemon.socket)
+    # Docker moves the netdevs back out of the containers before DeleteEndpoint: the
+    # daemon must delete them then (today they stay, as persistent taps nobody reads).
+    assert "pmv" not in ip(daemon.netns, "-o", "link", "show")
