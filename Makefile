@@ -6,7 +6,8 @@ VENV        ?= .venv
 VPY         := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
                 util-linux passwd qemu-system-x86 busybox-static iperf3 \
-                containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils
+                containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils \
+                dnsmasq docker.io
 STAMP       := $(VENV)/.installed
 
 .PHONY: all setup apt-deps test lint typecheck unit demo bench soak install clean

@@ -31,7 +31,7 @@ CREATE_GROUP=${CREATE_GROUP:-1}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
-COMMANDS="pymacvtap pymacvtap-qemu-helper pymacvtap-cni"
+COMMANDS="pymacvtap pymacvtap-qemu-helper pymacvtap-cni pymacvtap-docker"
 
 case "$PREFIX" in
     /*) ;;
@@ -71,12 +71,15 @@ sed -e "s|^ExecStart=/usr/local/bin/pymacvtap |ExecStart=$BINDIR/pymacvtap |" \
     -e "s|/etc/pymacvtap/pymacvtap.conf|$SYSCONFDIR/pymacvtap/pymacvtap.conf|" \
     "$PKG/pymacvtap.service" >"$DESTDIR$UNITDIR/pymacvtap.service"
 chmod 0644 "$DESTDIR$UNITDIR/pymacvtap.service"
+sed -e "s|^ExecStart=/usr/local/bin/pymacvtap-docker |ExecStart=$BINDIR/pymacvtap-docker |" \
+    "$PKG/pymacvtap-docker.service" >"$DESTDIR$UNITDIR/pymacvtap-docker.service"
+chmod 0644 "$DESTDIR$UNITDIR/pymacvtap-docker.service"
 if [ -e "$DESTDIR$SYSCONFDIR/pymacvtap/pymacvtap.conf" ]; then
     say "keeping $SYSCONFDIR/pymacvtap/pymacvtap.conf"
 else
     install -m 0644 "$PKG/pymacvtap.conf" "$DESTDIR$SYSCONFDIR/pymacvtap/pymacvtap.conf"
 fi
-say "unit $UNITDIR/pymacvtap.service, config $SYSCONFDIR/pymacvtap/pymacvtap.conf"
+say "units $UNITDIR/pymacvtap.service, pymacvtap-docker.service, config $SYSCONFDIR/pymacvtap/pymacvtap.conf"
 
 # 4. Man page and bash completion.
 install -d -m 0755 "$DESTDIR$MANDIR/man8" "$DESTDIR$COMPLETIONDIR"
