@@ -5,7 +5,7 @@ the guest's RAM (SET_MEM_TABLE: one fd per region) and hands us each virtqueue
 (SET_VRING_NUM/ADDR/BASE/KICK/CALL).  Queue 2k is the guest's RX ring (we fill
 its write buffers), 2k+1 its TX ring (we read what the guest sends); up to
 ``queues`` pairs.  The ring walking itself is sans-I/O in
-:mod:`pymacvtap.core.virtqueue`; this module does the socket, the messages, the
+:mod:`pymacvtap.virtio.virtqueue`; this module does the socket, the messages, the
 mmaps and the eventfds.
 
 How the daemon drives it (it is a :class:`~pymacvtap.frontends.base.Frontend`):
@@ -25,7 +25,7 @@ How the daemon drives it (it is a :class:`~pymacvtap.frontends.base.Frontend`):
   the daemon's ``loop.add_writer(fd, ...)`` wakes exactly then.  Frames the
   guest cannot take (GSO or partial checksum without the matching GUEST_*
   feature) are turned into plain frames here with
-  :func:`pymacvtap.core.offload.to_plain`; ``accepts_offloads`` tells the
+  :func:`pymacvtap.virtio.offload.to_plain`; ``accepts_offloads`` tells the
   daemon whether it could skip that.  Without a guest ready to receive (no
   connection, rings not set up or disabled), frames are dropped and counted.
 * ``close(delete=...)`` ends the session and the listener (``delete`` removes
@@ -60,8 +60,8 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.core.offload import to_plain
-from pymacvtap.core.virtqueue import (
+from pymacvtap.virtio.offload import to_plain
+from pymacvtap.virtio.virtqueue import (
     RX_NO_BUFFERS,
     RX_OK,
     VNET_HDR_MRG_LEN,

@@ -193,8 +193,6 @@ def test_core_modules_are_all_found() -> None:
     modules = submodules(CORE_DIR, "pymacvtap.core")
     for expected in ("engine", "port", "frame", "stats", "mac", "modes", "endpoint"):
         assert f"pymacvtap.core.{expected}" in modules
-    if (CORE_DIR / "offload.py").exists():
-        assert "pymacvtap.core.offload" in modules
 
 
 def test_core_does_no_io() -> None:

@@ -15,8 +15,8 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.core.offload import internet_checksum
 from pymacvtap.frontends import vhost_user as vu
+from pymacvtap.virtio.offload import internet_checksum
 
 from .frontend import FrontEnd, bits
 
@@ -40,7 +40,7 @@ def udp4(payload: bytes, csum_partial: bool = False) -> bytes:
     udp = struct.pack("!HHHH", 1000, 2000, ulen, 0) + payload
     if csum_partial:
         # what a sender with checksum offload leaves: the pseudo-header sum, not inverted
-        from pymacvtap.core.offload import ones_sum
+        from pymacvtap.virtio.offload import ones_sum
 
         part = ones_sum(pseudo)
         udp = udp[:6] + struct.pack("!H", part) + udp[8:]

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pymacvtap.core.frame import Frame
-from pymacvtap.core.virtqueue import MAX_FRAME_LEN
 from pymacvtap.frontends import vhost_user as vu
+from pymacvtap.virtio.virtqueue import MAX_FRAME_LEN
 
 from .frontend import BASE, DESC, U16, FrontEnd, bits
 
