@@ -8,8 +8,6 @@ takes, notification suppression and indirect descriptors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pymacvtap.core.frame import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_ECN,
@@ -71,42 +69,41 @@ OFFERED_FEATURES = bits(
 OFFERED_PROTOCOL_FEATURES = bits(PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK, PROTOCOL_F_RESET_DEVICE)
 
 
-@dataclass(frozen=True, slots=True)
 class Negotiated:
     """What a set of negotiated feature bits means for the rings and the receive path."""
 
-    value: int = 0
-    hdr_len: int = VNET_HDR_LEN
-    mergeable: bool = False
-    guest_csum: bool = False
-    guest_tso4: bool = False
-    guest_tso6: bool = False
-    guest_ecn: bool = False
-    event_idx: bool = False
-    indirect: bool = False
-    # With VHOST_USER_F_PROTOCOL_FEATURES rings start disabled until SET_VRING_ENABLE;
-    # without it a ring is enabled as soon as it is started.
-    rings_need_enable: bool = False
+    __slots__ = (
+        "event_idx",
+        "guest_csum",
+        "guest_ecn",
+        "guest_tso4",
+        "guest_tso6",
+        "hdr_len",
+        "indirect",
+        "mergeable",
+        "rings_need_enable",
+        "value",
+    )
 
-    @classmethod
-    def of(cls, value: int) -> Negotiated:
+    def __init__(self, value: int = 0) -> None:
         def has(bit: int) -> bool:
             return bool(value >> bit & 1)
 
-        mergeable = has(VIRTIO_NET_F_MRG_RXBUF)
-        return cls(
-            value=value,
-            # VERSION_1 makes num_buffers part of every header, mergeable or not.
-            hdr_len=VNET_HDR_MRG_LEN if mergeable or has(VIRTIO_F_VERSION_1) else VNET_HDR_LEN,
-            mergeable=mergeable,
-            guest_csum=has(VIRTIO_NET_F_GUEST_CSUM),
-            guest_tso4=has(VIRTIO_NET_F_GUEST_TSO4),
-            guest_tso6=has(VIRTIO_NET_F_GUEST_TSO6),
-            guest_ecn=has(VIRTIO_NET_F_GUEST_ECN),
-            event_idx=has(VIRTIO_RING_F_EVENT_IDX),
-            indirect=has(VIRTIO_RING_F_INDIRECT_DESC),
-            rings_need_enable=has(VHOST_USER_F_PROTOCOL_FEATURES),
+        self.value = value
+        self.mergeable = has(VIRTIO_NET_F_MRG_RXBUF)
+        # VERSION_1 makes num_buffers part of every header, mergeable or not.
+        self.hdr_len = (
+            VNET_HDR_MRG_LEN if self.mergeable or has(VIRTIO_F_VERSION_1) else VNET_HDR_LEN
         )
+        self.guest_csum = has(VIRTIO_NET_F_GUEST_CSUM)
+        self.guest_tso4 = has(VIRTIO_NET_F_GUEST_TSO4)
+        self.guest_tso6 = has(VIRTIO_NET_F_GUEST_TSO6)
+        self.guest_ecn = has(VIRTIO_NET_F_GUEST_ECN)
+        self.event_idx = has(VIRTIO_RING_F_EVENT_IDX)
+        self.indirect = has(VIRTIO_RING_F_INDIRECT_DESC)
+        # With VHOST_USER_F_PROTOCOL_FEATURES rings start disabled until SET_VRING_ENABLE;
+        # without it a ring is enabled as soon as it is started.
+        self.rings_need_enable = has(VHOST_USER_F_PROTOCOL_FEATURES)
 
     @property
     def accepts_offloads(self) -> bool:
@@ -133,7 +130,7 @@ class Negotiated:
 
 def negotiate(value: int) -> tuple[Negotiated, int]:
     """The features a SET_FEATURES value gives, and the bits it set that we never offered."""
-    return Negotiated.of(value & OFFERED_FEATURES), value & ~OFFERED_FEATURES
+    return Negotiated(value & OFFERED_FEATURES), value & ~OFFERED_FEATURES
 
 
 def negotiate_protocol(value: int) -> tuple[int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pymacvtap.virtio.messages import MAX_REGIONS, Fd, Refused
 
@@ -80,15 +79,23 @@ class GuestMemory:
         raise RingError(f"user address {addr:#x}+{length} is not in guest memory")
 
 
-@dataclass(frozen=True, slots=True)
 class RegionSpec:
     """One region of a memory table: map ``length`` bytes of ``fd`` from its start."""
 
-    gpa: int
-    size: int
-    uva: int
-    offset: int
-    fd: int
+    __slots__ = ("fd", "gpa", "offset", "size", "uva")
+
+    def __init__(self, gpa: int, size: int, uva: int, offset: int, fd: int) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.uva = uva
+        self.offset = offset
+        self.fd = fd
+
+    def __repr__(self) -> str:
+        return (
+            f"RegionSpec(gpa={self.gpa:#x}, size={self.size:#x}, uva={self.uva:#x}, "
+            f"offset={self.offset:#x}, fd={self.fd})"
+        )
 
     @property
     def length(self) -> int:

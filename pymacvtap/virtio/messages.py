@@ -12,7 +12,6 @@ The names and numbers are those of QEMU's docs/interop/vhost-user.rst.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 # -- requests (front-end → back-end) -------------------------------------------------------------
 
@@ -73,7 +72,6 @@ class Refused(Exception):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
 class Fd:
     """An fd that came with a message, and what the I/O layer found out about it.
 
@@ -82,34 +80,48 @@ class Fd:
     says why the fd cannot be a kick/call/err notifier (only eventfds can), None when it can.
     """
 
-    number: int
-    memory_size: int | None = None
-    notifier_error: str | None = "not inspected"
+    __slots__ = ("memory_size", "notifier_error", "number")
+
+    def __init__(
+        self,
+        number: int,
+        memory_size: int | None = None,
+        notifier_error: str | None = "not inspected",
+    ) -> None:
+        self.number = number
+        self.memory_size = memory_size
+        self.notifier_error = notifier_error
 
 
-@dataclass(slots=True)
 class Message:
     """One whole message.  The device takes the fds it keeps out of ``fds``; the rest stay
     there for the caller to close."""
 
-    request: int
-    flags: int
-    payload: bytes
-    fds: list[Fd] = field(default_factory=list)
+    __slots__ = ("fds", "flags", "payload", "request")
+
+    def __init__(
+        self, request: int, flags: int, payload: bytes, fds: list[Fd] | None = None
+    ) -> None:
+        self.request = request
+        self.flags = flags
+        self.payload = payload
+        self.fds: list[Fd] = [] if fds is None else fds
 
     @property
     def need_reply(self) -> bool:
         return bool(self.flags & F_NEED_REPLY)
 
 
-@dataclass(frozen=True, slots=True)
 class Received:
     """A whole message as read from the stream, its fds as numbers not yet inspected."""
 
-    request: int
-    flags: int
-    payload: bytes
-    fds: list[int]
+    __slots__ = ("fds", "flags", "payload", "request")
+
+    def __init__(self, request: int, flags: int, payload: bytes, fds: list[int]) -> None:
+        self.request = request
+        self.flags = flags
+        self.payload = payload
+        self.fds = fds
 
 
 class MessageReader:
