@@ -105,13 +105,13 @@ class Rings:
         if old >= 0:
             self.kick_to_vq.pop(old, None)
             self._actions.append(Close(old))
-            self._actions.append(KICKS_CHANGED)
         self.kick[i] = fd
         if fd >= 0:
             self.kick_to_vq[fd] = i
-            self._actions.append(KICKS_CHANGED)
         else:
             self._fault("polling", f"queue {i}: polling mode (no kick fd) is not supported")
+        if old >= 0 or fd >= 0:
+            self._actions.append(KICKS_CHANGED)
         self.started[i] = True
         self.reconfigured(i)
 
