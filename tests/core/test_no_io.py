@@ -60,25 +60,6 @@ BACKENDS = (
     "_random",
 )
 
-# Run inside the checker with the package imported as ``package``: an engine with a few frames.
-ENGINE_AT_WORK = r"""
-core = package
-engine = core.Engine(lambda n: bytes(range(1, n + 1)))
-port = engine.add_lower("eth0", bytes.fromhex("525400000001"))
-a = engine.add_endpoint("a", "eth0", core.Mode.BRIDGE, bytes.fromhex("020000000001"), up=True)
-b = engine.add_endpoint("b", "eth0", core.Mode.BRIDGE, bytes.fromhex("020000000002"), up=True)
-engine.add_endpoint("c", "eth0", core.Mode.VEPA, up=True)  # a random address
-frame = core.Frame(b"\xff" * 6 + a.mac + b"\x08\x00" + bytes(46))
-d = engine.from_endpoint(a, frame)
-assert d.receivers == [b] and list(port.tx_queue) == [frame], d
-outside = bytes.fromhex("5254000000ee")
-d = engine.from_lower(port, core.Frame(b"\xff" * 6 + outside + b"\x08\x00" + bytes(46)))
-engine.process_broadcasts()
-assert len(b.rx_queue) == 2, d
-engine.from_lower(port, core.Frame(b"\x00" * 5))
-engine.remove_lower("eth0")
-"""
-
 CHECKER = r"""
 import sys
 
@@ -89,13 +70,30 @@ listed = [name for name in listed.split(",") if name]
 sys.path.insert(0, path)
 problems = []
 
-# -- phase 1: a clean import of every module, and the package at work ----------------------
+# -- phase 1: a clean import of every module, and an engine at work ------------------------
 before = set(sys.modules)
 checked = []
 for name in [package, *listed]:
     __import__(name)
     checked.append(name)
-exec(exercise, {"package": sys.modules[package]})
+if exercise not in ("0", "1"):  # code putting another package to work
+    exec(exercise, {"package": sys.modules[package]})
+if exercise == "1":
+    core = sys.modules[package]
+    engine = core.Engine(lambda n: bytes(range(1, n + 1)))
+    port = engine.add_lower("eth0", bytes.fromhex("525400000001"))
+    a = engine.add_endpoint("a", "eth0", core.Mode.BRIDGE, bytes.fromhex("020000000001"), up=True)
+    b = engine.add_endpoint("b", "eth0", core.Mode.BRIDGE, bytes.fromhex("020000000002"), up=True)
+    engine.add_endpoint("c", "eth0", core.Mode.VEPA, up=True)  # a random address
+    frame = core.Frame(b"\xff" * 6 + a.mac + b"\x08\x00" + bytes(46))
+    d = engine.from_endpoint(a, frame)
+    assert d.receivers == [b] and list(port.tx_queue) == [frame], d
+    outside = bytes.fromhex("5254000000ee")
+    d = engine.from_lower(port, core.Frame(b"\xff" * 6 + outside + b"\x08\x00" + bytes(46)))
+    engine.process_broadcasts()
+    assert len(b.rx_queue) == 2, d
+    engine.from_lower(port, core.Frame(b"\x00" * 5))
+    engine.remove_lower("eth0")
 loaded = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in forbidden)
 problems += [f"loads module {m}" for m in loaded]
 
@@ -133,9 +131,11 @@ def submodules(directory: Path, package: str) -> list[str]:
 
 
 def run_checker(
-    path: Path, package: str, modules: list[str], exercise: str = ""
+    path: Path, package: str, modules: list[str], exercise: bool | str
 ) -> subprocess.CompletedProcess[str]:
-    """Check ``package`` (under ``path``) and ``modules`` after running ``exercise``."""
+    """Check ``modules`` of ``package`` after an engine at work (True) or ``exercise`` code."""
+    if isinstance(exercise, bool):
+        exercise = "1" if exercise else "0"
     return subprocess.run(
         [
             sys.executable,
@@ -201,9 +201,7 @@ def test_core_modules_are_all_found() -> None:
 
 
 def test_core_does_no_io() -> None:
-    result = run_checker(
-        REPO, "pymacvtap.core", submodules(CORE_DIR, "pymacvtap.core"), ENGINE_AT_WORK
-    )
+    result = run_checker(REPO, "pymacvtap.core", submodules(CORE_DIR, "pymacvtap.core"), True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
 
@@ -220,7 +218,7 @@ def test_core_has_no_io_import_even_inside_functions() -> None:
 
 def check_fake(tmp_path: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
     root = make_package(tmp_path, "fakecore", files)
-    return run_checker(root, "fakecore", submodules(root / "fakecore", "fakecore"))
+    return run_checker(root, "fakecore", submodules(root / "fakecore", "fakecore"), False)
 
 
 def test_checker_passes_a_clean_package(tmp_path: Path) -> None:
@@ -280,7 +278,7 @@ def test_checker_catches_io_added_to_the_real_engine(
     engine_py = tmp_path / "pymacvtap" / "core" / "engine.py"
     engine_py.write_text(engine_py.read_text() + f"\n{line}\n")
     modules = submodules(tmp_path / "pymacvtap" / "core", "pymacvtap.core")
-    result = run_checker(tmp_path, "pymacvtap.core", modules, ENGINE_AT_WORK)
+    result = run_checker(tmp_path, "pymacvtap.core", modules, True)
     assert result.returncode == 1, result.stdout + result.stderr
     assert reported in result.stdout
     assert io_imports(engine_py.read_text(), "engine.py") != []
@@ -288,7 +286,7 @@ def test_checker_catches_io_added_to_the_real_engine(
 
 def test_checker_catches_a_module_left_out_of_the_list(tmp_path: Path) -> None:
     root = make_package(tmp_path, "fakecore", {"a.py": "X = 1\n", "hidden.py": "import os\n"})
-    result = run_checker(root, "fakecore", ["fakecore.a"])
+    result = run_checker(root, "fakecore", ["fakecore.a"], False)
     assert result.returncode == 1
     assert "module fakecore.hidden was not checked" in result.stdout
 
