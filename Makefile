@@ -42,7 +42,7 @@ test: setup lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 unit: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/core
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/core tests/virtio
 
 demo: setup
 	$(VPY) demo/demo.py

@@ -4,7 +4,7 @@ A frame that came from a tap or AF_PACKET socket with a vnet header may be a
 TCP/UDP *super-frame* (up to 64 KiB) that the receiver will segment, or carry a
 partial checksum that the receiver will complete.  Keeping the header beside the
 bytes lets such frames cross the daemon as one unit (SPEC 2.2); only a frontend
-that cannot take offloads pays for segmentation (:mod:`pymacvtap.core.offload`).
+that cannot take offloads pays for segmentation (:mod:`pymacvtap.virtio.offload`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import socket
 from collections import deque
 
 from pymacvtap.core.frame import Frame
-from pymacvtap.core.offload import OffloadError, to_plain
 from pymacvtap.frontends.unix import bind_unix, unlink_socket
+from pymacvtap.virtio.offload import OffloadError, to_plain
 
 MAX_DATAGRAM = 65536 + 14 + 4
 

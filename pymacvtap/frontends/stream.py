@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Callable
 
 from pymacvtap.core.frame import Frame
-from pymacvtap.core.offload import OffloadError, to_plain
 from pymacvtap.frontends.unix import bind_unix, unlink_socket
+from pymacvtap.virtio.offload import OffloadError, to_plain
 
 _LEN = struct.Struct(">I")
 # Largest frame we accept from a VM: a 64 KiB packet plus headers.  QEMU itself

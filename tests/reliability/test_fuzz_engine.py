@@ -22,8 +22,8 @@ import struct
 import time
 
 from pymacvtap.core import Disposition, Engine, Frame, Mode, Outcome, VnetHeader
-from pymacvtap.core.offload import OffloadError, to_plain
 from pymacvtap.core.stats import DropReason
+from pymacvtap.virtio.offload import OffloadError, to_plain
 from tests.reliability.conftest import SCALE, record
 
 FRAMES = 100_000 * SCALE

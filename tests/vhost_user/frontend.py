@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 from pymacvtap.core.frame import Frame
 from pymacvtap.frontends import vhost_user as vu
+from pymacvtap.virtio import features as vf
+from pymacvtap.virtio import messages as vm
 
 HDR = struct.Struct("=III")
 DESC = struct.Struct("<QIHH")
@@ -209,7 +211,7 @@ class FrontEnd:
     def send(
         self, req: int, payload: bytes = b"", fds: Iterable[int] = (), need_reply: bool = False
     ) -> None:
-        flags = 1 | (vu.F_NEED_REPLY if need_reply else 0)
+        flags = 1 | (vm.F_NEED_REPLY if need_reply else 0)
         msg = HDR.pack(req, flags, len(payload)) + payload
         fds = list(fds)
         if fds:
@@ -253,19 +255,19 @@ class FrontEnd:
         pairs: int = 1,
         features: int | None = None,
         num: int = 64,
-        protocol: int = bits(vu.PROTOCOL_F_MQ, vu.PROTOCOL_F_REPLY_ACK),
+        protocol: int = bits(vf.PROTOCOL_F_MQ, vf.PROTOCOL_F_REPLY_ACK),
     ) -> int:
-        offered = self.get_u64(vu.GET_FEATURES)
-        assert offered & (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES)
-        pf = self.get_u64(vu.GET_PROTOCOL_FEATURES)
+        offered = self.get_u64(vm.GET_FEATURES)
+        assert offered & (1 << vf.VHOST_USER_F_PROTOCOL_FEATURES)
+        pf = self.get_u64(vm.GET_PROTOCOL_FEATURES)
         assert pf & protocol == protocol
-        self.send(vu.SET_PROTOCOL_FEATURES, struct.pack("=Q", protocol))
-        assert self.get_u64(vu.GET_QUEUE_NUM) >= pairs
-        self.send(vu.SET_OWNER)
+        self.send(vm.SET_PROTOCOL_FEATURES, struct.pack("=Q", protocol))
+        assert self.get_u64(vm.GET_QUEUE_NUM) >= pairs
+        self.send(vm.SET_OWNER)
         if features is None:
             features = offered
         features &= offered
-        assert self.call_ack(vu.SET_FEATURES, struct.pack("=Q", features)) == 0
+        assert self.call_ack(vm.SET_FEATURES, struct.pack("=Q", features)) == 0
         self.set_mem_table()
         for q in range(2 * pairs):
             self.setup_ring(q, num)
@@ -274,18 +276,18 @@ class FrontEnd:
 
     def set_mem_table(self) -> None:
         payload = struct.pack("=II", 1, 0) + struct.pack("=QQQQ", BASE, self.mem.size, BASE, 0)
-        assert self.call_ack(vu.SET_MEM_TABLE, payload, [self.mem.fd]) == 0
+        assert self.call_ack(vm.SET_MEM_TABLE, payload, [self.mem.fd]) == 0
 
     def setup_ring(self, q: int, num: int = 64, base: int = 0) -> GuestRing:
         ring = self.rings.get(q) or GuestRing(self.mem, num)
         self.rings[q] = ring
-        self.send(vu.SET_VRING_NUM, struct.pack("=II", q, ring.num))
-        self.send(vu.SET_VRING_BASE, struct.pack("=II", q, base))
+        self.send(vm.SET_VRING_NUM, struct.pack("=II", q, ring.num))
+        self.send(vm.SET_VRING_BASE, struct.pack("=II", q, base))
         addr = struct.pack("=IIQQQQ", q, 0, ring.desc, ring.used, ring.avail, 0)
-        self.send(vu.SET_VRING_ADDR, addr)
-        self.send(vu.SET_VRING_KICK, struct.pack("=Q", q), [ring.kick])
-        self.send(vu.SET_VRING_CALL, struct.pack("=Q", q), [ring.call])
-        assert self.call_ack(vu.SET_VRING_ENABLE, struct.pack("=II", q, 1)) == 0
+        self.send(vm.SET_VRING_ADDR, addr)
+        self.send(vm.SET_VRING_KICK, struct.pack("=Q", q), [ring.kick])
+        self.send(vm.SET_VRING_CALL, struct.pack("=Q", q), [ring.call])
+        assert self.call_ack(vm.SET_VRING_ENABLE, struct.pack("=II", q, 1)) == 0
         return ring
 
     def close(self) -> None:

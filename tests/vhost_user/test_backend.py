@@ -15,8 +15,10 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.core.offload import internet_checksum
 from pymacvtap.frontends import vhost_user as vu
+from pymacvtap.virtio import features as vf
+from pymacvtap.virtio import messages as vm
+from pymacvtap.virtio.offload import internet_checksum
 
 from .frontend import FrontEnd, bits
 
@@ -40,7 +42,7 @@ def udp4(payload: bytes, csum_partial: bool = False) -> bytes:
     udp = struct.pack("!HHHH", 1000, 2000, ulen, 0) + payload
     if csum_partial:
         # what a sender with checksum offload leaves: the pseudo-header sum, not inverted
-        from pymacvtap.core.offload import ones_sum
+        from pymacvtap.virtio.offload import ones_sum
 
         part = ones_sum(pseudo)
         udp = udp[:6] + struct.pack("!H", part) + udp[8:]
@@ -54,18 +56,18 @@ def test_negotiation_replies(make_backend: Make) -> None:
     be = make_backend(queues=4)
     fe = FrontEnd(be)
     assert be.connected
-    features = fe.get_u64(vu.GET_FEATURES)
+    features = fe.get_u64(vm.GET_FEATURES)
     for bit in (0, 1, 7, 8, 11, 12, 15, 22, 28, 29, 30, 32):
         assert features >> bit & 1, bit
     assert not features >> 34 & 1  # no packed rings
-    assert fe.get_u64(vu.GET_PROTOCOL_FEATURES) & bits(0, 3) == bits(0, 3)
-    assert fe.get_u64(vu.GET_QUEUE_NUM) == 4
+    assert fe.get_u64(vm.GET_PROTOCOL_FEATURES) & bits(0, 3) == bits(0, 3)
+    assert fe.get_u64(vm.GET_QUEUE_NUM) == 4
     # REPLY_ACK: success and failure
-    fe.send(vu.SET_PROTOCOL_FEATURES, struct.pack("=Q", bits(0, 3)))
-    assert fe.call_ack(vu.SET_OWNER) == 0
+    fe.send(vm.SET_PROTOCOL_FEATURES, struct.pack("=Q", bits(0, 3)))
+    assert fe.call_ack(vm.SET_OWNER) == 0
     assert fe.call_ack(999) != 0
-    assert fe.call_ack(vu.SET_VRING_NUM, struct.pack("=II", 0, 100)) != 0  # not a power of 2
-    assert fe.call_ack(vu.SET_VRING_NUM, struct.pack("=II", 99, 64)) != 0  # no such queue
+    assert fe.call_ack(vm.SET_VRING_NUM, struct.pack("=II", 0, 100)) != 0  # not a power of 2
+    assert fe.call_ack(vm.SET_VRING_NUM, struct.pack("=II", 99, 64)) != 0  # no such queue
     assert be.error_counts["unknown"] == 1
     fe.close()
 
@@ -73,7 +75,7 @@ def test_negotiation_replies(make_backend: Make) -> None:
 def test_tx_and_rx_one_pair(make_backend: Make) -> None:
     be = make_backend()
     fe = FrontEnd(be)
-    features = fe.negotiate(features=bits(vu.VIRTIO_F_VERSION_1, vu.VHOST_USER_F_PROTOCOL_FEATURES))
+    features = fe.negotiate(features=bits(vf.VIRTIO_F_VERSION_1, vf.VHOST_USER_F_PROTOCOL_FEATURES))
     assert features >> 32 & 1
     assert not be.accepts_offloads
     rx, tx = fe.rings[0], fe.rings[1]
@@ -122,7 +124,7 @@ def test_guest_offload_header_kept(make_backend: Make) -> None:
 def test_plain_frames_for_guest_without_offloads(make_backend: Make) -> None:
     be = make_backend()
     fe = FrontEnd(be)
-    fe.negotiate(features=bits(vu.VIRTIO_F_VERSION_1, vu.VHOST_USER_F_PROTOCOL_FEATURES))
+    fe.negotiate(features=bits(vf.VIRTIO_F_VERSION_1, vf.VHOST_USER_F_PROTOCOL_FEATURES))
     rx = fe.rings[0]
     rx.post_rx(4, 2048)
     fe.pump()
@@ -142,7 +144,7 @@ def test_mq_and_mergeable(make_backend: Make) -> None:
     be = make_backend(queues=2)
     fe = FrontEnd(be)
     features = fe.negotiate(pairs=2)
-    assert features >> vu.VIRTIO_NET_F_MRG_RXBUF & 1
+    assert features >> vf.VIRTIO_NET_F_MRG_RXBUF & 1
     # TX on both pairs
     fe.rings[1].send(ZERO12 + eth(1))
     fe.rings[3].send(ZERO12 + eth(3), indirect=True)
@@ -176,7 +178,7 @@ def test_mq_and_mergeable(make_backend: Make) -> None:
 def test_blocked_until_guest_adds_buffers(make_backend: Make) -> None:
     be = make_backend()
     fe = FrontEnd(be)
-    fe.negotiate(features=bits(vu.VIRTIO_F_VERSION_1, vu.VHOST_USER_F_PROTOCOL_FEATURES))
+    fe.negotiate(features=bits(vf.VIRTIO_F_VERSION_1, vf.VHOST_USER_F_PROTOCOL_FEATURES))
     rx = fe.rings[0]
     rx.post_rx(2, 2048)
     fe.pump()
@@ -200,7 +202,7 @@ def test_blocked_until_guest_adds_buffers(make_backend: Make) -> None:
 def test_too_big_frame_dropped_without_mergeable(make_backend: Make) -> None:
     be = make_backend()
     fe = FrontEnd(be)
-    fe.negotiate(features=bits(vu.VIRTIO_F_VERSION_1, vu.VHOST_USER_F_PROTOCOL_FEATURES))
+    fe.negotiate(features=bits(vf.VIRTIO_F_VERSION_1, vf.VHOST_USER_F_PROTOCOL_FEATURES))
     rx = fe.rings[0]
     rx.post_rx(2, 512)
     fe.pump()
@@ -217,10 +219,10 @@ def test_disabled_and_unready(make_backend: Make) -> None:
     q = deque([Frame(eth(1))])
     assert be.write(q) is None and not q and be.rx_dropped == 1
     fe = FrontEnd(be)
-    fe.negotiate(features=bits(vu.VIRTIO_F_VERSION_1, vu.VHOST_USER_F_PROTOCOL_FEATURES))
+    fe.negotiate(features=bits(vf.VIRTIO_F_VERSION_1, vf.VHOST_USER_F_PROTOCOL_FEATURES))
     fe.rings[0].post_rx(4, 2048)
-    fe.send(vu.SET_VRING_ENABLE, struct.pack("=II", 0, 0))
-    fe.send(vu.SET_VRING_ENABLE, struct.pack("=II", 1, 0))
+    fe.send(vm.SET_VRING_ENABLE, struct.pack("=II", 0, 0))
+    fe.send(vm.SET_VRING_ENABLE, struct.pack("=II", 1, 0))
     fe.pump()
     q = deque([Frame(eth(1))])
     assert be.write(q) is None and be.rx_dropped == 2
@@ -243,7 +245,7 @@ def test_get_vring_base_stops_and_restarts(make_backend: Make) -> None:
     assert len(fe.pump()) == 5
     kick_fds = len(be.readable_fds())
     assert kick_fds == 4  # listener, connection, two kicks
-    body = fe.call(vu.GET_VRING_BASE, struct.pack("=II", 1, 0))
+    body = fe.call(vm.GET_VRING_BASE, struct.pack("=II", 1, 0))
     assert struct.unpack("=II", body) == (1, 5)
     assert len(be.readable_fds()) == 3
     assert changes and len(changes[-1]) == 3

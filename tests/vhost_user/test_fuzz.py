@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pymacvtap.core.frame import Frame
-from pymacvtap.core.virtqueue import MAX_FRAME_LEN
 from pymacvtap.frontends import vhost_user as vu
+from pymacvtap.virtio import messages as vm
+from pymacvtap.virtio.virtqueue import MAX_FRAME_LEN
 
 from .frontend import BASE, DESC, U16, FrontEnd, bits
 
@@ -35,7 +36,7 @@ def nfds() -> int:
 
 def random_message(rng: random.Random, memfd: int) -> tuple[bytes, list[int]]:
     req = rng.choice(KNOWN) if rng.random() < 0.9 else rng.randrange(0, 1 << 32)
-    flags = 1 | (vu.F_NEED_REPLY if rng.random() < 0.5 else 0)
+    flags = 1 | (vm.F_NEED_REPLY if rng.random() < 0.5 else 0)
     if rng.random() < 0.03:
         flags = rng.randrange(0, 1 << 32)
     kind = rng.random()
@@ -127,7 +128,7 @@ def test_random_message_stream(make_backend: Make) -> None:
                 fe.pump()
         # the daemon side keeps working throughout
         be.write(deque([Frame(ETH)]))
-        assert len(be._maps) <= vu.MAX_REGIONS
+        assert len(be._maps) <= vm.MAX_REGIONS
     fe.sock.close()
     fe.pump()
     assert be.error_counts.get("internal", 0) == 0, be.error_counts
@@ -144,7 +145,7 @@ def test_random_message_stream(make_backend: Make) -> None:
     st.lists(
         st.tuples(
             st.sampled_from([*KNOWN, 0, 21, 40, 1000]),
-            st.sampled_from([1, 1 | vu.F_NEED_REPLY, 5, 0]),
+            st.sampled_from([1, 1 | vm.F_NEED_REPLY, 5, 0]),
             st.binary(max_size=300),
             st.integers(0, 2),
         ),
@@ -287,23 +288,23 @@ def test_bad_memory_tables(make_backend: Make) -> None:
         return struct.pack("=II", len(regions) if n is None else n, 0) + body
 
     good = (BASE, fe.mem.size, BASE, 0)
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([good] * 9), [memfd] * 8) != 0
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([(BASE, fe.mem.size, BASE, 4096)]), [memfd]) != 0
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([(BASE, 1 << 63, BASE, 1 << 63)]), [memfd]) != 0
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([(BASE, 0, BASE, 0)]), [memfd]) != 0
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([good], n=2), [memfd]) != 0
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([good]), []) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([good] * 9), [memfd] * 8) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([(BASE, fe.mem.size, BASE, 4096)]), [memfd]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([(BASE, 1 << 63, BASE, 1 << 63)]), [memfd]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([(BASE, 0, BASE, 0)]), [memfd]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([good], n=2), [memfd]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([good]), []) != 0
     devnull = os.open("/dev/null", os.O_RDWR)
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([good]), [devnull]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([good]), [devnull]) != 0
     os.close(devnull)
     # region addresses near 2**64 must not wrap
-    assert fe.call_ack(vu.SET_MEM_TABLE, table([((1 << 64) - 4096, 8192, 0, 0)]), [memfd]) != 0
+    assert fe.call_ack(vm.SET_MEM_TABLE, table([((1 << 64) - 4096, 8192, 0, 0)]), [memfd]) != 0
     assert be.error_counts["memory"] >= 6
     # the old table still works
     fe.rings[1].send(ZERO12 + ETH)
     assert [f.data for f in fe.pump()] == [ETH]
     # more fds than any message may carry: the session is reset
-    fe.send(vu.SET_MEM_TABLE, table([good] * 9), [memfd] * 9)
+    fe.send(vm.SET_MEM_TABLE, table([good] * 9), [memfd] * 9)
     fe.pump()
     assert not be.connected and be.error_counts["protocol"] == 1
     fe.close()
@@ -366,13 +367,13 @@ def test_random_ring_contents(
 def test_notifier_fd_checks(make_backend: Make) -> None:
     be, fe = setup(make_backend)
     # a regular file as kick fd is refused (epoll cannot watch it)
-    assert fe.call_ack(vu.SET_VRING_KICK, struct.pack("=Q", 1), [fe.mem.fd]) != 0
+    assert fe.call_ack(vm.SET_VRING_KICK, struct.pack("=Q", 1), [fe.mem.fd]) != 0
     # no-fd flag with an fd, two fds, none without the flag
     e = os.eventfd(0)
-    assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 0x100), [e]) != 0
-    assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 1), [e, e]) != 0
-    assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 1), []) != 0
-    assert fe.call_ack(vu.SET_VRING_CALL, struct.pack("=Q", 0x1FF), []) != 0  # queue 255
+    assert fe.call_ack(vm.SET_VRING_CALL, struct.pack("=Q", 0x100), [e]) != 0
+    assert fe.call_ack(vm.SET_VRING_CALL, struct.pack("=Q", 1), [e, e]) != 0
+    assert fe.call_ack(vm.SET_VRING_CALL, struct.pack("=Q", 1), []) != 0
+    assert fe.call_ack(vm.SET_VRING_CALL, struct.pack("=Q", 0x1FF), []) != 0  # queue 255
     os.close(e)
     assert be.error_counts["fds"] >= 4
     assert bits(1) == 2

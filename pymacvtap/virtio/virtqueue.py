@@ -2,8 +2,8 @@
 
 Everything here works on *guest memory* given as buffers (an ``mmap`` of the
 front-end's shared memory, or a ``bytearray`` in tests): no sockets, no fds, no
-clock.  :mod:`pymacvtap.frontends.vhost_user` owns the I/O (messages, mmaps,
-eventfds) and drives these objects.
+clock.  :mod:`pymacvtap.virtio.rings` drives these objects for the device, and
+:mod:`pymacvtap.frontends.vhost_user` owns the I/O (sockets, mmaps, eventfds).
 
 The driver (the guest, through QEMU) is untrusted (SPEC 6).  Every index read
 from shared memory is range-checked, every descriptor's address and length is
@@ -22,14 +22,12 @@ from __future__ import annotations
 import struct
 
 from pymacvtap.core.frame import VNET_HDR_LEN, Frame, VnetHeader
+from pymacvtap.virtio.memory import GuestMemory, RingError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import mmap
-    from collections.abc import Sequence
+    from pymacvtap.virtio.memory import RawMemory
 
-    # Guest memory as the ring sees it: sliceable, writable by slice, a buffer.
-    RawMemory = bytearray | mmap.mmap
     Segment = tuple[RawMemory, int, int]
 
 VRING_DESC_F_NEXT = 1
@@ -49,64 +47,11 @@ _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _HDR12 = struct.Struct("<BBHHHHH")
-_U64_MAX = 1 << 64
 
 # rx_put results
 RX_OK = 0
 RX_NO_BUFFERS = 1
 RX_TOO_BIG = 2
-
-
-class RingError(Exception):
-    """The driver broke the virtqueue contract; the message says how."""
-
-
-class Region:
-    """One region of guest memory: ``size`` bytes at ``buf[base:]``.
-
-    ``gpa`` is the guest-physical address of its start (what descriptors
-    carry), ``uva`` its address in the front-end's process (what
-    SET_VRING_ADDR carries).
-    """
-
-    __slots__ = ("base", "buf", "gpa", "size", "uva")
-
-    def __init__(self, gpa: int, size: int, uva: int, buf: RawMemory, base: int = 0) -> None:
-        if size <= 0 or base < 0 or base + size > len(buf):
-            raise RingError(f"region of {size} bytes at offset {base} exceeds its mapping")
-        if not (gpa >= 0 and gpa + size <= _U64_MAX and uva >= 0 and uva + size <= _U64_MAX):
-            raise RingError("region address overflows 64 bits")
-        self.gpa = gpa
-        self.size = size
-        self.uva = uva
-        self.buf = buf
-        self.base = base
-
-
-class GuestMemory:
-    """Address translation over at most a few regions (vhost-user allows 8)."""
-
-    __slots__ = ("regions",)
-
-    def __init__(self, regions: Sequence[Region]) -> None:
-        # Biggest first: most buffers live in the big RAM region.
-        self.regions = sorted(regions, key=lambda r: -r.size)
-
-    def gpa(self, addr: int, length: int) -> tuple[RawMemory, int]:
-        """(buffer, offset) of ``length`` bytes at guest-physical ``addr``, all in one region."""
-        for r in self.regions:
-            off = addr - r.gpa
-            if off >= 0 and off + length <= r.size:
-                return r.buf, r.base + off
-        raise RingError(f"guest address {addr:#x}+{length} is not in guest memory")
-
-    def uva(self, addr: int, length: int) -> tuple[RawMemory, int]:
-        """Likewise for an address in the front-end's address space."""
-        for r in self.regions:
-            off = addr - r.uva
-            if off >= 0 and off + length <= r.size:
-                return r.buf, r.base + off
-        raise RingError(f"user address {addr:#x}+{length} is not in guest memory")
 
 
 class QueueStats:
@@ -221,6 +166,14 @@ class Virtqueue:
         self._mem = None
         empty = bytearray()
         self._dbuf = self._abuf = self._ubuf = empty
+
+    def reset(self) -> None:
+        """Forget the configuration (a new session); the counters stay."""
+        self.unbind()
+        self.num = 0
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.last_avail = self.used_idx = 0
+        self.event_idx = self.indirect = False
 
     # -- indices ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Software GSO and checksum completion (pymacvtap.core.offload).
+"""Software GSO and checksum completion (pymacvtap.virtio.offload).
 
 Three layers of evidence: known checksum vectors and scapy's checksums; property
 tests on frames built with scapy (reassembly restores the payload, every segment
@@ -44,7 +44,7 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.core.offload import (
+from pymacvtap.virtio.offload import (
     OffloadError,
     complete_checksum,
     internet_checksum,

@@ -10,9 +10,9 @@ fill in every checksum.  This module does that, following the kernel's
 ``__udp_gso_segment`` / ``udp4_ufo_fragment`` rules so a receiver cannot tell
 our segments from the kernel's.
 
-It is sans-I/O like the rest of :mod:`pymacvtap.core`.  Every problem with a
+It is sans-I/O like the rest of :mod:`pymacvtap.virtio`.  Every problem with a
 frame's bytes or metadata raises :class:`OffloadError` (never ``IndexError`` or
-``struct.error``), which the engine turns into a counted error: a guest or a
+``struct.error``), which the frontend turns into a counted error: a guest or a
 peer controls these bytes.
 
 Checksums use one big-integer trick instead of a per-word Python loop: read
