@@ -6,10 +6,14 @@ VENV        ?= .venv
 VPY         := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
                 util-linux passwd qemu-system-x86 busybox-static iperf3 \
-                containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils
+                containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils \
+                clang llvm libbpf-dev libbpf1 linux-libc-dev
 STAMP       := $(VENV)/.installed
 
-.PHONY: all setup apt-deps test lint typecheck unit demo bench soak install clean
+BPF_DIR     := pymacvtap/bpf
+BPF_OBJ     := $(BPF_DIR)/fastpath.bpf.o
+
+.PHONY: all setup apt-deps bpf test lint typecheck unit demo bench soak install clean
 
 all: test
 
@@ -28,7 +32,15 @@ $(STAMP): pyproject.toml | apt-deps
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-setup: apt-deps $(STAMP)
+setup: apt-deps $(STAMP) bpf
+
+# The kernel fast path's programs, built beside their source so the package carries
+# them (package-data) and pymacvtap.io.bpf finds them.
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): $(BPF_DIR)/fastpath.bpf.c $(BPF_DIR)/fastpath.h | apt-deps
+	clang -O2 -g -target bpf -Wall -I/usr/include/$$(uname -m)-linux-gnu \
+	    -c $(BPF_DIR)/fastpath.bpf.c -o $@
 
 lint: setup
 	$(VENV)/bin/ruff check pymacvtap tests bench demo
@@ -57,8 +69,8 @@ bench: setup
 
 # A world-readable venv under PREFIX with the entry points on PATH, the systemd
 # unit, its config file, the man page and bash completion (DESTDIR honoured).
-install: apt-deps
+install: apt-deps bpf
 	sh packaging/install.sh $(or $(PREFIX),/opt/pymacvtap)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BPF_OBJ) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
