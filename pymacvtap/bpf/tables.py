@@ -241,8 +241,12 @@ def changes(old: Tables, new: Tables) -> list[Op]:
     half-written new one.  Counter slots given to a new name are zeroed before
     anything can count into them.
     """
+    return withdraw(old, new) + install(old, new)
+
+
+def withdraw(old: Tables, new: Tables) -> list[Op]:
+    """The first phase of :func:`changes`: take from the programs what changes."""
     restrict: list[Op] = []
-    settle: list[Op] = []
     for ifindex, lower in old.lowers.items():
         now = new.lowers.get(ifindex)
         if now is None:
@@ -259,17 +263,23 @@ def changes(old: Tables, new: Tables) -> list[Op]:
         if new.devices.get(ifindex) != owner:
             restrict.append(DeleteDevice(ifindex))
     restrict.extend(PutSource(*key) for key in sorted(new.sources - old.sources))
+    return restrict
 
+
+def install(old: Tables, new: Tables) -> list[Op]:
+    """The second phase of :func:`changes`: zero new counters, write the final entries."""
+    settle: list[Op] = []
     old_lower_names = {lower.name: lower.slot for lower in old.lowers.values()}
     old_endpoint_names = {ep.name: ep.slot for ep in old.endpoints.values()}
-    for ifindex, lower in new.lowers.items():
+    for lower in new.lowers.values():
         if old_lower_names.get(lower.name) != lower.slot:
             settle.append(ZeroStats("lower_stats", lower.slot))
-        if old.lowers.get(ifindex) != lower:
-            settle.append(PutLower(ifindex, lower))
     for ep in new.endpoints.values():
         if old_endpoint_names.get(ep.name) != ep.slot:
             settle.append(ZeroStats("endpoint_stats", ep.slot))
+    for ifindex, lower in new.lowers.items():
+        if old.lowers.get(ifindex) != lower:
+            settle.append(PutLower(ifindex, lower))
     for key, entry in new.endpoints.items():
         if old.endpoints.get(key) != entry:
             settle.append(PutEndpoint(entry))
@@ -277,7 +287,7 @@ def changes(old: Tables, new: Tables) -> list[Op]:
         if old.devices.get(ifindex) != owner:
             settle.append(PutDevice(ifindex, *owner))
     settle.extend(DeleteSource(*key) for key in sorted(old.sources - new.sources))
-    return restrict + settle
+    return settle
 
 
 # -- packing (fastpath.h) ------------------------------------------------------------
