@@ -15,6 +15,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
@@ -294,6 +295,10 @@ static __always_inline int act(struct __sk_buff *skb, int action, struct verdict
 	skb->cb[2] = v->reason;
 	switch (action) {
 	case FP_TO_PEER:
+		/* eth_type_trans judged the frame by the device it arrived on (the lower, a
+		 * peer with its own address): OTHERHOST.  It is for this endpoint, and the
+		 * peer's stack will not look again; macvlan_handle_frame sets it too. */
+		bpf_skb_change_type(skb, PACKET_HOST);
 		return bpf_redirect_peer(v->ifindex, 0);
 	case FP_TO_DEV:
 		return bpf_redirect(v->ifindex, 0);
