@@ -83,6 +83,13 @@ struct verdict {
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 
+/* 4 when the device moved the frame's VLAN tag into skb metadata: the daemon
+ * puts it back (PACKET_AUXDATA), so the engine sees and counts 4 more bytes. */
+static __always_inline __u32 stripped_tag(struct __sk_buff *skb)
+{
+	return skb->vlan_present ? 4 : 0;
+}
+
 /* Frame.segment_size: the largest L3 packet the frame stands for.  For a GSO
  * super-frame, one segment's headers plus gso_size; the headers end where the L4
  * header does (Frame._gso_headers with a partial checksum).  -1: cannot tell. */
@@ -128,14 +135,16 @@ static __always_inline int segment_size(struct __sk_buff *skb, __u16 proto)
 	}
 	if (headers + gso_size < len)
 		len = headers + gso_size;
-	return len - ETH_HLEN;
+	/* A tag the device stripped (rx-vlan offload) is in the daemon's copy, and
+	 * Frame.segment_size counts it in a super-frame's headers. */
+	return len - ETH_HLEN + stripped_tag(skb);
 }
 
 /* Port.from_lower's "len - ETH_HLEN > mtu and segment_size() > mtu": 1 oversize,
  * 0 fits, -1 cannot tell. */
 static __always_inline int oversize(struct __sk_buff *skb, __u32 mtu, __u16 proto)
 {
-	if (skb->len - ETH_HLEN <= mtu)
+	if (skb->len + stripped_tag(skb) - ETH_HLEN <= mtu)
 		return 0;
 	int seg = segment_size(skb, proto);
 	if (seg < 0)
@@ -313,7 +322,7 @@ int lower_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
 	int action = from_lower(skb, &v);
-	__u32 len = skb->len;
+	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.lower)
 		return act(skb, FP_PASS, &v);
@@ -331,7 +340,7 @@ int endpoint_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
 	int action = from_endpoint(skb, &v);
-	__u32 len = skb->len;
+	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.from || !v.lower)
 		return act(skb, FP_PASS, &v);
