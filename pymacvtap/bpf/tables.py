@@ -41,6 +41,7 @@ _KEY = struct.Struct("<I6s2x")
 _ENDPOINT = struct.Struct("<IIIIBBBBB6sx")
 _LOWER = struct.Struct("<IIBBBx6s2x")
 _STATS = struct.Struct(f"<4Q{DROP_MAX}Q")
+KEY_SIZE, ENDPOINT_SIZE, LOWER_SIZE = _KEY.size, _ENDPOINT.size, _LOWER.size
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,22 @@ def pack_lower(lower: LowerEntry) -> bytes:
     return _LOWER.pack(
         lower.mtu, lower.slot, lower.up, lower.fast, passthru is not None, passthru or bytes(6)
     )
+
+
+def packed(tables: Tables) -> dict[str, dict[bytes, bytes]]:
+    """The tables as the kernel's maps hold them: map name -> {key: value}."""
+    return {
+        "lowers": {
+            ifindex.to_bytes(4, "little"): pack_lower(lower)
+            for ifindex, lower in tables.lowers.items()
+        },
+        "endpoints": {pack_key(*key): pack_endpoint(e) for key, e in tables.endpoints.items()},
+        "devices": {
+            ifindex.to_bytes(4, "little"): pack_device(*owner)
+            for ifindex, owner in tables.devices.items()
+        },
+        "sources": {pack_key(*key): b"\x01" for key in tables.sources},
+    }
 
 
 def stats_size() -> int:

@@ -19,7 +19,12 @@ import socket
 from importlib import resources
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from pymacvtap.bpf.tables import (
+    ENDPOINT_SIZE,
+    KEY_SIZE,
+    LOWER_SIZE,
     Counters,
     DeleteDevice,
     DeleteEndpoint,
@@ -41,6 +46,13 @@ from pymacvtap.bpf.tables import (
 
 PROGRAMS = ("lower_ingress", "endpoint_ingress", "daemon_filter")
 MAPS = ("endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_stats")
+# (name, key size, value size) of the maps tables.py fills (fastpath.h).
+_TABLE_MAPS = (
+    ("lowers", 4, LOWER_SIZE),
+    ("endpoints", KEY_SIZE, ENDPOINT_SIZE),
+    ("devices", 4, KEY_SIZE),
+    ("sources", KEY_SIZE, 1),
+)
 OBJECT_NAME = "fastpath.bpf.o"
 SO_ATTACH_BPF = 50
 TC_H_CLSACT_INGRESS = "ffff:fff2"
@@ -87,7 +99,7 @@ def _libbpf() -> ctypes.CDLL:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
         raise BpfError(f"libbpf not found ({exc}): install the libbpf1 package") from None
-    vp, i, u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32
+    vp, i = ctypes.c_void_p, ctypes.c_int
     signatures: dict[str, tuple[object, list[object]]] = {
         "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
         "bpf_object__load": (i, [vp]),
@@ -107,7 +119,6 @@ def _libbpf() -> ctypes.CDLL:
         func = getattr(lib, fn)
         func.restype = restype
         func.argtypes = argtypes
-    del u32
     return lib
 
 
@@ -191,15 +202,24 @@ class FastPath:
             _check(ret, f"lookup in {map_name}")
         return value.raw
 
-    def keys(self, map_name: str, key_size: int) -> list[bytes]:
-        found: list[bytes] = []
+    def contents(self) -> dict[str, dict[bytes, bytes]]:
+        """The configuration maps as they are, in the shape of :func:`tables.packed`."""
+        return {
+            name: self._items(name, key_size, value_size)
+            for name, key_size, value_size in _TABLE_MAPS
+        }
+
+    def _items(self, map_name: str, key_size: int, value_size: int) -> dict[bytes, bytes]:
+        items: dict[bytes, bytes] = {}
         fd = self.map_fds[map_name]
         key = None
         nxt = ctypes.create_string_buffer(key_size)
         while self._lib.bpf_map_get_next_key(fd, key, nxt) == 0:
-            found.append(nxt.raw)
+            value = self._lookup(map_name, nxt.raw, value_size)
+            if value is not None:  # gone between the two calls: not there any more
+                items[nxt.raw] = value
             key = ctypes.create_string_buffer(nxt.raw, key_size)
-        return found
+        return items
 
     def apply(self, ops: list[Op]) -> None:
         """Apply ``ops`` in order (:func:`pymacvtap.bpf.tables.changes` orders them)."""
@@ -274,8 +294,6 @@ class FastPath:
 
     def attach(self, ifindex: int, prog: str) -> None:
         """``prog`` on the ingress of ``ifindex`` (clsact, direct action)."""
-        from pyroute2 import IPRoute
-
         with IPRoute() as ipr:
             try:
                 ipr.tc("add", "clsact", ifindex)
@@ -297,8 +315,6 @@ class FastPath:
     @staticmethod
     def detach(ifindex: int) -> None:
         """Remove the clsact qdisc of ``ifindex``, and with it every filter on it."""
-        from pyroute2 import IPRoute
-
         with IPRoute() as ipr:
             try:
                 ipr.tc("del", "clsact", ifindex)

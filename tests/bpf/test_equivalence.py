@@ -29,6 +29,7 @@ from pymacvtap.bpf.tables import (
     Tables,
     changes,
     derive,
+    packed,
 )
 from pymacvtap.core import Disposition, Engine, Frame, Mode, Outcome, VnetHeader
 from pymacvtap.core.frame import (
@@ -262,6 +263,7 @@ def check(fastpath: FastPath, config: Config, specs: list[FrameSpec]) -> list[in
         MapState.owner, MapState.tables = fastpath, Tables()
     fastpath.apply(changes(MapState.tables, tables))
     MapState.tables = tables
+    assert fastpath.contents() == packed(tables)
     port = engine.ports[LOWER]
     actions = []
     for spec in specs:
