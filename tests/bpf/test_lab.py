@@ -9,6 +9,8 @@ get static neighbours: what is tested is the unicast the programs forward.
 from __future__ import annotations
 
 import subprocess
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from pymacvtap.bpf.tables import Device, Tables, changes, derive
-from pymacvtap.core import Engine, Mode
+from pymacvtap.core import Engine, Frame, Mode
 from pymacvtap.io.bpf import FastPath
+from pymacvtap.io.tap import Tap
 from tests.lab.capture import PacketSocket
 from tests.lab.netns import in_netns, ip, ip_json
 from tests.lab.topology import Lab, mac_str
@@ -37,6 +40,24 @@ class FastLab:
     fastpath: FastPath
     tables: Tables
     netns: dict[str, str]
+    engine: Engine
+    devices: dict[str, Device]
+
+    def add_vm(self, name: str, mac: bytes) -> Tap:
+        """A VM's tap in the daemon's namespace, added to the running fast path."""
+        tap = Tap.open(name, netns=self.lab.host, vnet_hdr=False)
+        ip(self.lab.host, "link", "set", name, "up")
+        self.lab.fdb_static(mac, self.lab.lowers[LOWER].port)
+        self.engine.add_endpoint(name, LOWER, Mode.VEPA, mac, up=True)
+        self.devices[name] = Device(ifindex(self.lab.host, name), peer=False)
+        new = derive(
+            self.engine, {LOWER: ifindex(self.lab.host, LOWER)}, self.devices, previous=self.tables
+        )
+        self.fastpath.apply(changes(self.tables, new))
+        self.tables = new
+        with in_netns(self.lab.host):
+            self.fastpath.attach(self.devices[name].ifindex, "endpoint_ingress")
+        return tap
 
 
 def ifindex(netns: str, name: str) -> int:
@@ -71,7 +92,7 @@ def fast_lab(compiled: Path) -> Iterator[FastLab]:
             fastpath.attach(ifindex(lab.host, LOWER), "lower_ingress")
             for name in MACS:
                 fastpath.attach(devices[name].ifindex, "endpoint_ingress")
-        yield FastLab(lab, fastpath, tables, netns)
+        yield FastLab(lab, fastpath, tables, netns, engine, devices)
 
 
 def ping(netns: str, address: str) -> subprocess.CompletedProcess[str]:
@@ -126,3 +147,41 @@ def test_vepa_pings_both_ways_through_the_hairpin_without_the_daemon(fast_lab: F
         assert counters.tx_packets >= 6 and counters.rx_packets >= 6, (ep.name, counters)
     lower = next(iter(fast_lab.tables.lowers.values()))
     assert fastpath.counters("lower_stats", lower.slot).rx_packets >= 12
+
+
+def read_for(tap: Tap, dst: bytes, timeout: float = 2.0) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [f.data for f in tap.read_batch(0, 64) if f.data[0:6] == dst]
+        if got:
+            return got
+        time.sleep(0.02)
+    return []
+
+
+def test_a_vm_tap_is_reached_by_redirect_and_sends_through_the_lower(fast_lab: FastLab) -> None:
+    vm_mac = bytes.fromhex("02000000aa03")
+    tap = fast_lab.add_vm("vm0", vm_mac)
+    payload = b"\x88\xb5" + b"fast path" * 6
+    c1 = PacketSocket(fast_lab.netns["c1"], "eth0")
+    c2 = PacketSocket(fast_lab.netns["c2"], "eth0")
+    try:
+        # c1 -> vm0: out of the lower, back by the hairpin, redirected to the tap.
+        c1.send(vm_mac + MACS["c1"] + payload)
+        assert read_for(tap, vm_mac) == [vm_mac + MACS["c1"] + payload]
+        # vm0 -> c2: what QEMU writes enters the tap, leaves by the lower, comes back.
+        c2.flush()
+        tap.write_batch(deque([Frame(MACS["c2"] + vm_mac + payload)]), 1)
+        deadline = time.monotonic() + 2
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            got = [c.data for c in c2.read_all() if c.data[6:12] == vm_mac]
+            time.sleep(0.02)
+        assert got == [MACS["c2"] + vm_mac + payload]
+    finally:
+        c1.close()
+        c2.close()
+        tap.close()
+    vm = fast_lab.tables.endpoints[(ifindex(fast_lab.lab.host, LOWER), vm_mac)]
+    counters = fast_lab.fastpath.counters("endpoint_stats", vm.slot)
+    assert (counters.rx_packets, counters.tx_packets) == (1, 1)
