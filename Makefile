@@ -58,10 +58,11 @@ unit: setup
 demo: setup
 	$(VPY) demo/demo.py
 
-# The reliability tests (fuzzing, faults, load) with ten times the counts.
+# The reliability tests (fuzzing, faults, load) and the fast path's equivalence
+# property with ten times the counts.
 soak: setup
 	PYMACVTAP_FUZZ_SCALE=10 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=1200 \
-	    tests/reliability tests/vhost_user/test_fuzz.py
+	    tests/reliability tests/vhost_user/test_fuzz.py tests/bpf/test_equivalence.py
 
 # Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
 bench: setup
