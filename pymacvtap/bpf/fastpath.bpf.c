@@ -181,10 +181,6 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
 	if (over < 0)
 		return FP_PASS;
-	if (over) {
-		v->reason = FP_OVERSIZE_FROM_LOWER;
-		return FP_DROP;
-	}
 	if (eth.h_dest[0] & 1)
 		return FP_PASS; /* group frames: the broadcast queue is the daemon's */
 
@@ -193,23 +189,22 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 	if (bpf_map_lookup_elem(&sources, &key))
 		return FP_PASS; /* a source-mode endpoint gets a copy (_forward_source) */
 
-	if (lower->passthru) {
-		__builtin_memcpy(key.mac, lower->passthru_mac, ETH_ALEN);
-		ep = bpf_map_lookup_elem(&endpoints, &key);
-		if (!ep || !ep->fast)
-			return FP_PASS;
-		if (!ep->up) {
-			v->reason = FP_PASSTHRU_DOWN;
-			return FP_DROP;
-		}
-		return to_endpoint(v, ep);
-	}
-	__builtin_memcpy(key.mac, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(key.mac, lower->passthru ? lower->passthru_mac : eth.h_dest, ETH_ALEN);
 	ep = bpf_map_lookup_elem(&endpoints, &key);
-	if (!ep || !ep->up || ep->mode == FP_SOURCE)
-		return FP_PASS; /* not ours: the host's */
-	if (!ep->fast)
+	if (!ep || !ep->fast)
 		return FP_PASS;
+	if (!lower->passthru && (!ep->up || ep->mode == FP_SOURCE))
+		return FP_PASS; /* not ours: the host's */
+	/* Dropped here only when it was ours: a frame for the host stays the host's,
+	 * as on the Python data path, where the daemon drops only its own copy. */
+	if (over) {
+		v->reason = FP_OVERSIZE_FROM_LOWER;
+		return FP_DROP;
+	}
+	if (!ep->up) {
+		v->reason = FP_PASSTHRU_DOWN; /* the kernel consumes it */
+		return FP_DROP;
+	}
 	return to_endpoint(v, ep);
 }
 

@@ -31,7 +31,7 @@ from pymacvtap.bpf.tables import (
     derive,
     packed,
 )
-from pymacvtap.core import Disposition, Engine, Frame, Mode, Outcome, VnetHeader
+from pymacvtap.core import Disposition, DropReason, Engine, Frame, Mode, Outcome, VnetHeader
 from pymacvtap.core.frame import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -227,6 +227,12 @@ def left_to_daemon(d: Disposition, spec: FrameSpec, tables: Tables, sender: str 
     target = tables.endpoints.get((LOWER_IFINDEX, lower.passthru_mac or spec.dst))
     if target is not None and not target.fast:
         return True  # the frame is for an endpoint the daemon serves
+    if sender is None and d.reason is DropReason.OVERSIZE_FROM_LOWER:
+        # Too big, and not for an endpoint: the host keeps it, the daemon counts it.
+        ours = lower.passthru_mac is not None or (
+            target is not None and target.up and target.mode is not Mode.SOURCE
+        )
+        return not ours or (LOWER_IFINDEX, spec.src) in tables.sources
     return any(not entries[ep.name].fast or ep.mode is Mode.SOURCE for ep in d.receivers) or (
         len(d.receivers) > 1
     )
