@@ -189,3 +189,22 @@ def test_counters_sum_the_cpus_and_fold_into_the_engines() -> None:
     stats = EndpointStats()
     counters.add_to(stats)
     assert (stats.rx_packets, stats.tx_dropped, stats.drops) == (2, 4, {DropReason.SPOOFED: 4})
+
+
+def test_tables_is_sans_io() -> None:
+    """It imports the engine and pure helpers only: the daemon owns every fd."""
+    import ast
+    import inspect
+
+    import pymacvtap.bpf.tables as tables
+
+    allowed = {"__future__", "dataclasses", "struct", "collections.abc"}
+    for node in ast.walk(ast.parse(inspect.getsource(tables))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            assert name in allowed or name.startswith("pymacvtap.core"), name
