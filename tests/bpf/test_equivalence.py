@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +41,8 @@ from pymacvtap.core.frame import (
 from pymacvtap.io.bpf import FastPath
 
 from .conftest import SCALE
+
+pytestmark = pytest.mark.root  # BPF_PROG_LOAD and BPF_PROG_TEST_RUN
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 LOWER = "eth0"
