@@ -7,10 +7,13 @@ VPY         := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
                 util-linux passwd qemu-system-x86 busybox-static iperf3 \
                 containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils \
-                dnsmasq docker.io
+                dnsmasq docker.io clang llvm libbpf-dev libbpf1 linux-libc-dev
 STAMP       := $(VENV)/.installed
 
-.PHONY: all setup apt-deps test lint typecheck unit demo bench soak install clean
+BPF_DIR     := pymacvtap/bpf
+BPF_OBJ     := $(BPF_DIR)/fastpath.bpf.o
+
+.PHONY: all setup apt-deps bpf test lint typecheck unit demo bench soak install clean
 
 all: test
 
@@ -29,7 +32,15 @@ $(STAMP): pyproject.toml | apt-deps
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
-setup: apt-deps $(STAMP)
+setup: apt-deps $(STAMP) bpf
+
+# The kernel fast path's programs, built beside their source so the package carries
+# them (package-data) and pymacvtap.io.bpf finds them.
+bpf: $(BPF_OBJ)
+
+$(BPF_OBJ): $(BPF_DIR)/fastpath.bpf.c $(BPF_DIR)/fastpath.h | apt-deps
+	clang -O2 -g -target bpf -Wall -I/usr/include/$$(uname -m)-linux-gnu \
+	    -c $(BPF_DIR)/fastpath.bpf.c -o $@
 
 lint: setup
 	$(VENV)/bin/ruff check pymacvtap tests bench demo
@@ -47,10 +58,11 @@ unit: setup
 demo: setup
 	$(VPY) demo/demo.py
 
-# The reliability tests (fuzzing, faults, load) with ten times the counts.
+# The reliability tests (fuzzing, faults, load) and the fast path's equivalence
+# property with ten times the counts.
 soak: setup
 	PYMACVTAP_FUZZ_SCALE=10 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=1200 \
-	    tests/reliability tests/vhost_user/test_fuzz.py
+	    tests/reliability tests/vhost_user/test_fuzz.py tests/bpf/test_equivalence.py
 
 # Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
 bench: setup
@@ -58,8 +70,8 @@ bench: setup
 
 # A world-readable venv under PREFIX with the entry points on PATH, the systemd
 # unit, its config file, the man page and bash completion (DESTDIR honoured).
-install: apt-deps
+install: apt-deps bpf
 	sh packaging/install.sh $(or $(PREFIX),/opt/pymacvtap)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BPF_OBJ) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

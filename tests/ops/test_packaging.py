@@ -77,14 +77,16 @@ def test_install_sh_gives_every_user_working_commands(installed: Installed) -> N
     # Not editable: the package was copied into the venv, schemas included.
     probe = (
         "import pymacvtap, importlib.resources as r;print(pymacvtap.__file__);"
-        "print(sorted(p.name for p in (r.files('pymacvtap')/'schemas').iterdir()))"
+        "print(sorted(p.name for p in (r.files('pymacvtap')/'schemas').iterdir()));"
+        "print((r.files('pymacvtap')/'bpf'/'fastpath.bpf.o').is_file())"
     )
     out = subprocess.check_output(
         [installed.prefix / "bin" / "python", "-c", probe], text=True, cwd="/"
     )
-    where, schemas = out.splitlines()
+    where, schemas, fast_path = out.splitlines()
     assert where.startswith(str(installed.prefix)), where
     assert schemas == "['link-show.schema.json', 'monitor.schema.json']"
+    assert fast_path == "True"  # the programs `make bpf` compiled travel with the package
 
     with temporary_user() as user:
 

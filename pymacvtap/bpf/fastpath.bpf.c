@@ -1,0 +1,366 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* pymacvtap's kernel fast path: the engine's unicast decisions (core/port.py).
+ *
+ * lower_ingress     Port.from_lower, unicast part   (tc clsact ingress of a lower)
+ * endpoint_ingress  Port.from_endpoint, unicast part (tc ingress of a veth peer or tap)
+ * daemon_filter     the same decisions, as a socket filter: the daemon's AF_PACKET
+ *                   sockets see a frame before tc does, and must not get what the
+ *                   programs forward or drop (it would be forwarded or counted twice).
+ *
+ * Everything a program does not decide (group frames, source-mode copies, endpoints
+ * the daemon serves, frames it cannot parse) is passed on (TC_ACT_OK) to the host and
+ * the daemon, which decides as the Python data path does.  The tables are written by
+ * pymacvtap/bpf/tables.py from the engine; BPF_PROG_TEST_RUN proves the two agree
+ * (tests/bpf).  A program's decision is also left in skb->cb[0..2] for those tests.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "fastpath.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Every endpoint, up or down, by (lower, MAC): port.macs with the state beside it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_ENDPOINTS);
+	__type(key, struct fp_key);
+	__type(value, struct fp_endpoint);
+} endpoints SEC(".maps");
+
+/* An endpoint's daemon-side device (peer or tap ifindex) -> its key in endpoints. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct fp_key);
+} devices SEC(".maps");
+
+/* Lowers by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_LOWERS);
+	__type(key, __u32);
+	__type(value, struct fp_lower);
+} lowers SEC(".maps");
+
+/* Source MACs some UP source-mode endpoint listens to (port.sources): their frames
+ * are copied by the daemon, so they are all the daemon's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_ENDPOINTS);
+	__type(key, struct fp_key);
+	__type(value, __u8);
+} sources SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fp_stats);
+} endpoint_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_MAX_LOWERS);
+	__type(key, __u32);
+	__type(value, struct fp_stats);
+} lower_stats SEC(".maps");
+
+struct verdict {
+	__u32 ifindex;  /* where FP_TO_PEER / FP_TO_DEV sends it */
+	__u32 reason;   /* enum fp_drop, for FP_DROP */
+	struct fp_lower *lower;
+	struct fp_endpoint *from;  /* the sending endpoint (endpoint_ingress) */
+	struct fp_endpoint *to;    /* the receiving endpoint, if any */
+};
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+
+/* 4 when the device moved the frame's VLAN tag into skb metadata: the daemon
+ * puts it back (PACKET_AUXDATA), so the engine sees and counts 4 more bytes. */
+static __always_inline __u32 stripped_tag(struct __sk_buff *skb)
+{
+	return skb->vlan_present ? 4 : 0;
+}
+
+/* Frame.segment_size: the largest L3 packet the frame stands for.  For a GSO
+ * super-frame, one segment's headers plus gso_size; the headers end where the L4
+ * header does (Frame._gso_headers with a partial checksum).  -1: cannot tell. */
+static __always_inline int segment_size(struct __sk_buff *skb, __u16 proto)
+{
+	__u32 len = skb->len;
+	__u32 gso_size = skb->gso_size;
+	__u32 l3 = ETH_HLEN, l4, headers;
+	__u8 b, ipproto;
+
+	if (!gso_size) {
+		__u32 size = len - ETH_HLEN;
+		if (size >= 4 && (proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_))
+			size -= 4;
+		return size;
+	}
+	if (proto == ETH_P_8021Q_ || proto == ETH_P_8021AD_) {
+		__be16 inner;
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 2, &inner, 2))
+			return -1;
+		proto = bpf_ntohs(inner);
+		l3 += 4;
+	}
+	if (proto == ETH_P_IP) {
+		if (bpf_skb_load_bytes(skb, l3, &b, 1) || bpf_skb_load_bytes(skb, l3 + 9, &ipproto, 1))
+			return -1;
+		l4 = l3 + (b & 0xf) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		if (bpf_skb_load_bytes(skb, l3 + 6, &ipproto, 1))
+			return -1;
+		l4 = l3 + 40;
+	} else {
+		return -1;
+	}
+	if (ipproto == IPPROTO_TCP) {
+		if (l4 + 12 >= len || bpf_skb_load_bytes(skb, l4 + 12, &b, 1))
+			return -1;
+		headers = l4 + (b >> 4) * 4;
+	} else if (ipproto == IPPROTO_UDP) {
+		headers = l4 + 8;
+	} else {
+		return -1;
+	}
+	if (headers + gso_size < len)
+		len = headers + gso_size;
+	/* A tag the device stripped (rx-vlan offload) is in the daemon's copy, and
+	 * Frame.segment_size counts it in a super-frame's headers. */
+	return len - ETH_HLEN + stripped_tag(skb);
+}
+
+/* Port.from_lower's "len - ETH_HLEN > mtu and segment_size() > mtu": 1 oversize,
+ * 0 fits, -1 cannot tell. */
+static __always_inline int oversize(struct __sk_buff *skb, __u32 mtu, __u16 proto)
+{
+	if (skb->len + stripped_tag(skb) - ETH_HLEN <= mtu)
+		return 0;
+	int seg = segment_size(skb, proto);
+	if (seg < 0)
+		return -1;
+	return (__u32)seg > mtu;
+}
+
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline int to_endpoint(struct verdict *v, struct fp_endpoint *ep)
+{
+	v->to = ep;
+	v->ifindex = ep->ifindex;
+	return ep->peer ? FP_TO_PEER : FP_TO_DEV;
+}
+
+/* Port.from_lower -> _receive, for unicast. */
+static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct fp_lower *lower = bpf_map_lookup_elem(&lowers, &ifindex);
+	struct fp_endpoint *ep;
+	struct ethhdr eth;
+
+	if (!lower || !lower->fast)
+		return FP_PASS;
+	v->lower = lower;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return FP_PASS; /* a runt: the daemon counts it */
+	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
+	if (over < 0)
+		return FP_PASS;
+	if (eth.h_dest[0] & 1)
+		return FP_PASS; /* group frames: the broadcast queue is the daemon's */
+
+	struct fp_key key = { .lower = ifindex };
+	__builtin_memcpy(key.mac, eth.h_source, ETH_ALEN);
+	if (bpf_map_lookup_elem(&sources, &key))
+		return FP_PASS; /* a source-mode endpoint gets a copy (_forward_source) */
+
+	__builtin_memcpy(key.mac, lower->passthru ? lower->passthru_mac : eth.h_dest, ETH_ALEN);
+	ep = bpf_map_lookup_elem(&endpoints, &key);
+	if (!ep || !ep->fast)
+		return FP_PASS;
+	if (!lower->passthru && (!ep->up || ep->mode == FP_SOURCE))
+		return FP_PASS; /* not ours: the host's */
+	/* Dropped here only when it was ours: a frame for the host stays the host's,
+	 * as on the Python data path, where the daemon drops only its own copy. */
+	if (over) {
+		v->reason = FP_OVERSIZE_FROM_LOWER;
+		return FP_DROP;
+	}
+	if (!ep->up) {
+		v->reason = FP_PASSTHRU_DOWN; /* the kernel consumes it */
+		return FP_DROP;
+	}
+	return to_endpoint(v, ep);
+}
+
+/* Port.from_endpoint, for unicast. */
+static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *v)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+	struct fp_key *key = bpf_map_lookup_elem(&devices, &ifindex);
+	struct fp_endpoint *ep, *dest;
+	struct fp_lower *lower;
+	struct ethhdr eth;
+
+	if (!key)
+		return FP_PASS;
+	ep = bpf_map_lookup_elem(&endpoints, key);
+	if (!ep || !ep->fast)
+		return FP_PASS;
+	v->from = ep;
+	lower = bpf_map_lookup_elem(&lowers, &ep->lower);
+	if (!lower || !lower->fast)
+		return FP_PASS;
+	v->lower = lower;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+		return FP_PASS;
+	int over = oversize(skb, ep->mtu, bpf_ntohs(eth.h_proto));
+	if (over < 0)
+		return FP_PASS;
+	if (over) {
+		v->reason = FP_OVERSIZE_FROM_ENDPOINT;
+		return FP_DROP;
+	}
+	if (!ep->up) {
+		v->reason = FP_ENDPOINT_DOWN;
+		return FP_DROP;
+	}
+	if (ep->spoofchk && !mac_equal(eth.h_source, ep->mac)) {
+		v->reason = FP_SPOOFED;
+		return FP_DROP;
+	}
+	if (eth.h_dest[0] & 1)
+		return FP_PASS; /* bridge peers' copies and the flood are the daemon's */
+
+	if (ep->mode == FP_BRIDGE) {
+		struct fp_key peer = { .lower = ep->lower };
+		__builtin_memcpy(peer.mac, eth.h_dest, ETH_ALEN);
+		dest = bpf_map_lookup_elem(&endpoints, &peer);
+		if (dest && dest->up && dest->mode == FP_BRIDGE) {
+			/* Bridge peer to bridge peer, never touching the wire. */
+			__builtin_memcpy(peer.mac, eth.h_source, ETH_ALEN);
+			if (!dest->fast || bpf_map_lookup_elem(&sources, &peer))
+				return FP_PASS;
+			return to_endpoint(v, dest);
+		}
+	}
+	if (!lower->up) {
+		v->reason = FP_LOWER_DOWN;
+		return FP_DROP;
+	}
+	v->ifindex = ep->lower; /* to the wire: every other unicast, all of VEPA's */
+	return FP_TO_DEV;
+}
+
+static __always_inline void count_rx(void *map, __u32 slot, __u32 len)
+{
+	struct fp_stats *s = bpf_map_lookup_elem(map, &slot);
+	if (s) {
+		s->rx_packets++;
+		s->rx_bytes += len;
+	}
+}
+
+static __always_inline void count_tx(void *map, __u32 slot, __u32 len)
+{
+	struct fp_stats *s = bpf_map_lookup_elem(map, &slot);
+	if (s) {
+		s->tx_packets++;
+		s->tx_bytes += len;
+	}
+}
+
+static __always_inline void count_drop(void *map, __u32 slot, __u32 reason)
+{
+	struct fp_stats *s = bpf_map_lookup_elem(map, &slot);
+	if (s)
+		s->drops[reason & (FP_DROP_MAX - 1)]++;
+}
+
+static __always_inline int act(struct __sk_buff *skb, int action, struct verdict *v)
+{
+	skb->cb[0] = action;
+	skb->cb[1] = v->ifindex;
+	skb->cb[2] = v->reason;
+	switch (action) {
+	case FP_TO_PEER:
+		/* eth_type_trans judged the frame by the device it arrived on (the lower, a
+		 * peer with its own address): OTHERHOST.  It is for this endpoint, and the
+		 * peer's stack will not look again; macvlan_handle_frame sets it too. */
+		bpf_skb_change_type(skb, PACKET_HOST);
+		return bpf_redirect_peer(v->ifindex, 0);
+	case FP_TO_DEV:
+		return bpf_redirect(v->ifindex, 0);
+	case FP_DROP:
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int lower_ingress(struct __sk_buff *skb)
+{
+	struct verdict v = {};
+	int action = from_lower(skb, &v);
+	__u32 len = skb->len + stripped_tag(skb);
+
+	if (action == FP_PASS || !v.lower)
+		return act(skb, FP_PASS, &v);
+	/* The lower counts every frame it decides, as Port.from_lower does. */
+	count_rx(&lower_stats, v.lower->slot, len);
+	if (action == FP_DROP)
+		count_drop(&lower_stats, v.lower->slot, v.reason);
+	else if (v.to)
+		count_rx(&endpoint_stats, v.to->slot, len);
+	return act(skb, action, &v);
+}
+
+SEC("tc")
+int endpoint_ingress(struct __sk_buff *skb)
+{
+	struct verdict v = {};
+	int action = from_endpoint(skb, &v);
+	__u32 len = skb->len + stripped_tag(skb);
+
+	if (action == FP_PASS || !v.from || !v.lower)
+		return act(skb, FP_PASS, &v);
+	if (action == FP_DROP) {
+		count_drop(&endpoint_stats, v.from->slot, v.reason);
+		return act(skb, action, &v);
+	}
+	count_tx(&endpoint_stats, v.from->slot, len);
+	if (v.to)
+		count_rx(&endpoint_stats, v.to->slot, len);
+	else
+		count_tx(&lower_stats, v.lower->slot, len);
+	return act(skb, action, &v);
+}
+
+SEC("socket")
+int daemon_filter(struct __sk_buff *skb)
+{
+	struct verdict v = {};
+	__u32 ifindex = skb->ingress_ifindex;
+	int action;
+
+	if (bpf_map_lookup_elem(&lowers, &ifindex))
+		action = from_lower(skb, &v);
+	else
+		action = from_endpoint(skb, &v);
+	return action == FP_PASS ? skb->len : 0;
+}

@@ -1,0 +1,80 @@
+/* The fast path's tables: what pymacvtap/bpf/tables.py writes and the programs read.
+ *
+ * Every layout here has a twin struct format in tables.py; change both together.
+ */
+#ifndef PYMACVTAP_FASTPATH_H
+#define PYMACVTAP_FASTPATH_H
+
+#include <linux/types.h>
+
+#define FP_MAX_ENDPOINTS 4096
+#define FP_MAX_LOWERS 256
+#define FP_MAX_SLOTS 4096
+
+/* core.modes.Mode, with the kernel's bit values. */
+#define FP_PRIVATE 1
+#define FP_VEPA 2
+#define FP_BRIDGE 4
+#define FP_PASSTHRU 8
+#define FP_SOURCE 16
+
+/* Drop reasons the programs decide, numbered as tables.DROP_CODES. */
+enum fp_drop {
+	FP_OVERSIZE_FROM_LOWER = 1,
+	FP_PASSTHRU_DOWN = 2,
+	FP_OVERSIZE_FROM_ENDPOINT = 3,
+	FP_ENDPOINT_DOWN = 4,
+	FP_LOWER_DOWN = 5,
+	FP_SPOOFED = 6,
+	FP_DROP_MAX = 8,
+};
+
+/* An endpoint's MAC on one lower: MACs are unique per lower, not per daemon. */
+struct fp_key {
+	__u32 lower;    /* the lower's ifindex */
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+struct fp_endpoint {
+	__u32 ifindex;  /* the daemon-side device: a container's veth peer, a VM's tap */
+	__u32 lower;
+	__u32 mtu;
+	__u32 slot;     /* index in endpoint_stats */
+	__u8 mode;
+	__u8 up;
+	__u8 spoofchk;
+	__u8 fast;      /* 0: every frame of this endpoint goes to the daemon */
+	__u8 peer;      /* 1: a veth peer (bpf_redirect_peer); 0: a tap (bpf_redirect) */
+	__u8 mac[6];
+	__u8 pad;
+};
+
+struct fp_lower {
+	__u32 mtu;
+	__u32 slot;     /* index in lower_stats */
+	__u8 up;        /* carrier */
+	__u8 fast;
+	__u8 passthru;  /* passthru_mac names the one endpoint that takes every unicast */
+	__u8 pad;
+	__u8 passthru_mac[6];
+	__u8 pad2[2];
+};
+
+struct fp_stats {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+	__u64 drops[FP_DROP_MAX];
+};
+
+/* What a program decided; also left in skb->cb[0..2] for BPF_PROG_TEST_RUN. */
+enum fp_action {
+	FP_PASS = 0,      /* the host and the daemon see it (not ours, or not decidable) */
+	FP_TO_PEER = 1,   /* bpf_redirect_peer: into a container */
+	FP_TO_DEV = 2,    /* bpf_redirect to a device's egress: a tap, the lower, a peer */
+	FP_DROP = 3,
+};
+
+#endif

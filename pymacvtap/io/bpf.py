@@ -1,0 +1,333 @@
+"""The kernel fast path's programs and maps, through libbpf (ctypes) and pyroute2.
+
+libbpf (Debian's ``libbpf1``) is the kernel's reference loader: it reads the
+object ``make bpf`` compiled, creates the maps, relocates and loads the
+programs.  This module only hands it the file and then speaks to the maps and
+programs by fd.  Attaching is tc clsact, direct action, through pyroute2.
+
+Nothing here decides anything: the table contents come from
+:mod:`pymacvtap.bpf.tables`, as a list of operations applied in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+from importlib import resources
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from pymacvtap.bpf.tables import (
+    ENDPOINT_SIZE,
+    KEY_SIZE,
+    LOWER_SIZE,
+    Counters,
+    DeleteDevice,
+    DeleteEndpoint,
+    DeleteLower,
+    DeleteSource,
+    Op,
+    PutDevice,
+    PutEndpoint,
+    PutLower,
+    PutSource,
+    ZeroStats,
+    pack_device,
+    pack_endpoint,
+    pack_key,
+    pack_lower,
+    stats_size,
+    unpack_stats,
+)
+
+PROGRAMS = ("lower_ingress", "endpoint_ingress", "daemon_filter")
+MAPS = ("endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_stats")
+# (name, key size, value size) of the maps tables.py fills (fastpath.h).
+_TABLE_MAPS = (
+    ("lowers", 4, LOWER_SIZE),
+    ("endpoints", KEY_SIZE, ENDPOINT_SIZE),
+    ("devices", 4, KEY_SIZE),
+    ("sources", KEY_SIZE, 1),
+)
+OBJECT_NAME = "fastpath.bpf.o"
+SO_ATTACH_BPF = 50
+TC_H_CLSACT_INGRESS = "ffff:fff2"
+_ENV_OBJECT = "PYMACVTAP_BPF_OBJECT"
+
+
+class BpfError(Exception):
+    """The fast path cannot be used here; the message says why (for ``--datapath auto``)."""
+
+
+class _TestRunOpts(ctypes.Structure):
+    """``struct bpf_test_run_opts`` of libbpf 1.1 (bpf.h)."""
+
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    )
+
+
+# struct __sk_buff (linux/bpf.h): the fields BPF_PROG_TEST_RUN lets a test set.
+SKB_SIZE = 192
+_SKB_CB = 48  # cb[5]
+_SKB_INGRESS_IFINDEX = 36
+_SKB_GSO_SEGS = 164
+_SKB_GSO_SIZE = 176
+
+
+def _libbpf() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise BpfError(f"libbpf not found ({exc}): install the libbpf1 package") from None
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    signatures: dict[str, tuple[object, list[object]]] = {
+        "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
+        "bpf_object__load": (i, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
+        "bpf_program__fd": (i, [vp]),
+        "bpf_map__fd": (i, [vp]),
+        "bpf_map_update_elem": (i, [i, vp, vp, ctypes.c_uint64]),
+        "bpf_map_lookup_elem": (i, [i, vp, vp]),
+        "bpf_map_delete_elem": (i, [i, vp]),
+        "bpf_map_get_next_key": (i, [i, vp, vp]),
+        "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(_TestRunOpts)]),
+        "libbpf_num_possible_cpus": (i, []),
+    }
+    for fn, (restype, argtypes) in signatures.items():
+        func = getattr(lib, fn)
+        func.restype = restype
+        func.argtypes = argtypes
+    return lib
+
+
+def object_path() -> Path:
+    """The compiled programs: ``$PYMACVTAP_BPF_OBJECT``, else beside the sources."""
+    override = os.environ.get(_ENV_OBJECT)
+    if override:
+        return Path(override)
+    return Path(str(resources.files("pymacvtap.bpf").joinpath(OBJECT_NAME)))
+
+
+def _check(ret: int, what: str) -> None:
+    # libbpf 1.x returns -errno and sets errno.
+    if ret < 0:
+        code = -ret
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+class FastPath:
+    """The loaded object: its programs' and maps' fds, until :meth:`close`."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._lib = _libbpf()
+        path = path or object_path()
+        if not path.exists():
+            raise BpfError(f"{path}: no compiled fast path (run `make bpf`)")
+        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            code = ctypes.get_errno()
+            raise BpfError(f"{path}: libbpf cannot open it: {os.strerror(code)}")
+        self._obj: int | None = obj
+        ret = self._lib.bpf_object__load(obj)
+        if ret < 0:
+            self.close()
+            raise BpfError(f"{path}: the kernel refused the programs: {os.strerror(-ret)}")
+        self.prog_fds = {name: self._fd("program", name) for name in PROGRAMS}
+        self.map_fds = {name: self._fd("map", name) for name in MAPS}
+        self.ncpus = self._lib.libbpf_num_possible_cpus()
+
+    def _fd(self, kind: str, name: str) -> int:
+        lib = self._lib
+        if kind == "program":
+            handle = lib.bpf_object__find_program_by_name(self._obj, name.encode())
+            fd = lib.bpf_program__fd(handle) if handle else -1
+        else:
+            handle = lib.bpf_object__find_map_by_name(self._obj, name.encode())
+            fd = lib.bpf_map__fd(handle) if handle else -1
+        if fd < 0:
+            self.close()
+            raise BpfError(f"the object has no {kind} {name}")
+        return int(fd)
+
+    def close(self) -> None:
+        if self._obj is not None:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> FastPath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- maps --------------------------------------------------------------
+
+    def _update(self, map_name: str, key: bytes, value: bytes) -> None:
+        ret = self._lib.bpf_map_update_elem(self.map_fds[map_name], key, value, 0)
+        _check(ret, f"update {map_name}")
+
+    def _delete(self, map_name: str, key: bytes) -> None:
+        ret = self._lib.bpf_map_delete_elem(self.map_fds[map_name], key)
+        if ret < 0 and -ret != errno.ENOENT:
+            _check(ret, f"delete from {map_name}")
+
+    def _lookup(self, map_name: str, key: bytes, size: int) -> bytes | None:
+        value = ctypes.create_string_buffer(size)
+        ret = self._lib.bpf_map_lookup_elem(self.map_fds[map_name], key, value)
+        if ret < 0:
+            if -ret == errno.ENOENT:
+                return None
+            _check(ret, f"lookup in {map_name}")
+        return value.raw
+
+    def contents(self) -> dict[str, dict[bytes, bytes]]:
+        """The configuration maps as they are, in the shape of :func:`tables.packed`."""
+        return {
+            name: self._items(name, key_size, value_size)
+            for name, key_size, value_size in _TABLE_MAPS
+        }
+
+    def _items(self, map_name: str, key_size: int, value_size: int) -> dict[bytes, bytes]:
+        items: dict[bytes, bytes] = {}
+        fd = self.map_fds[map_name]
+        key = None
+        nxt = ctypes.create_string_buffer(key_size)
+        while self._lib.bpf_map_get_next_key(fd, key, nxt) == 0:
+            value = self._lookup(map_name, nxt.raw, value_size)
+            if value is not None:  # gone between the two calls: not there any more
+                items[nxt.raw] = value
+            key = ctypes.create_string_buffer(nxt.raw, key_size)
+        return items
+
+    def apply(self, ops: list[Op]) -> None:
+        """Apply ``ops`` in order (:func:`pymacvtap.bpf.tables.changes` orders them)."""
+        for op in ops:
+            match op:
+                case PutLower(ifindex, lower):
+                    self._update("lowers", _u32(ifindex), pack_lower(lower))
+                case DeleteLower(ifindex):
+                    self._delete("lowers", _u32(ifindex))
+                case PutEndpoint(entry):
+                    self._update(
+                        "endpoints", pack_key(entry.lower, entry.mac), pack_endpoint(entry)
+                    )
+                case DeleteEndpoint(lower, mac):
+                    self._delete("endpoints", pack_key(lower, mac))
+                case PutDevice(ifindex, lower, mac):
+                    self._update("devices", _u32(ifindex), pack_device(lower, mac))
+                case DeleteDevice(ifindex):
+                    self._delete("devices", _u32(ifindex))
+                case PutSource(lower, mac):
+                    self._update("sources", pack_key(lower, mac), b"\x01")
+                case DeleteSource(lower, mac):
+                    self._delete("sources", pack_key(lower, mac))
+                case ZeroStats(table, slot):
+                    self._update(table, _u32(slot), bytes(stats_size() * self.ncpus))
+
+    def counters(self, table: str, slot: int) -> Counters:
+        """One slot of ``endpoint_stats`` or ``lower_stats``, summed over the CPUs."""
+        raw = self._lookup(table, _u32(slot), stats_size() * self.ncpus)
+        return unpack_stats(raw or b"", self.ncpus)
+
+    # -- programs ------------------------------------------------------------
+
+    def test_run(
+        self, prog: str, frame: bytes, *, ingress_ifindex: int = 0, gso_size: int = 0
+    ) -> tuple[int, int, int, int]:
+        """Run ``prog`` once on ``frame`` (BPF_PROG_TEST_RUN, no device touched).
+
+        Returns (tc verdict, fast path action, target ifindex, drop reason code),
+        the last three as the program left them in ``skb->cb``.
+        """
+        ctx = bytearray(SKB_SIZE)
+        ctx[_SKB_INGRESS_IFINDEX : _SKB_INGRESS_IFINDEX + 4] = _u32(ingress_ifindex)
+        ctx[_SKB_GSO_SIZE : _SKB_GSO_SIZE + 4] = _u32(gso_size)
+        if gso_size:
+            ctx[_SKB_GSO_SEGS : _SKB_GSO_SEGS + 4] = _u32(
+                1
+            )  # gso_segs: the kernel wants a count with a size
+        ctx_in = ctypes.create_string_buffer(bytes(ctx), SKB_SIZE)
+        ctx_out = ctypes.create_string_buffer(SKB_SIZE)
+        data_in = ctypes.create_string_buffer(frame, len(frame))
+        data_out = ctypes.create_string_buffer(len(frame) + 256)
+        opts = _TestRunOpts(
+            sz=ctypes.sizeof(_TestRunOpts),
+            data_in=ctypes.cast(data_in, ctypes.c_void_p),
+            data_out=ctypes.cast(data_out, ctypes.c_void_p),
+            data_size_in=len(frame),
+            data_size_out=len(frame) + 256,
+            ctx_in=ctypes.cast(ctx_in, ctypes.c_void_p),
+            ctx_out=ctypes.cast(ctx_out, ctypes.c_void_p),
+            ctx_size_in=SKB_SIZE,
+            ctx_size_out=SKB_SIZE,
+            repeat=1,
+        )
+        ret = self._lib.bpf_prog_test_run_opts(self.prog_fds[prog], ctypes.byref(opts))
+        _check(ret, f"test run of {prog}")
+        cb = ctx_out.raw[_SKB_CB : _SKB_CB + 12]
+        action, ifindex, reason = (int.from_bytes(cb[i : i + 4], "little") for i in (0, 4, 8))
+        return opts.retval, action, ifindex, reason
+
+    # -- attaching -----------------------------------------------------------
+
+    def attach(self, ifindex: int, prog: str) -> None:
+        """``prog`` on the ingress of ``ifindex`` (clsact, direct action)."""
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("add", "clsact", ifindex)
+            except Exception as exc:  # an existing clsact qdisc is fine
+                if getattr(exc, "code", None) != errno.EEXIST:
+                    raise
+            ipr.tc(
+                "add-filter",
+                "bpf",
+                ifindex,
+                ":1",
+                fd=self.prog_fds[prog],
+                name=prog,
+                parent=TC_H_CLSACT_INGRESS,
+                classid=1,
+                direct_action=True,
+            )
+
+    @staticmethod
+    def detach(ifindex: int) -> None:
+        """Remove the clsact qdisc of ``ifindex``, and with it every filter on it."""
+        with IPRoute() as ipr:
+            try:
+                ipr.tc("del", "clsact", ifindex)
+            except Exception as exc:
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                    raise
+
+    def attach_socket(self, sock: socket.socket) -> None:
+        """``daemon_filter`` on ``sock`` (SO_ATTACH_BPF): it no longer sees forwarded frames."""
+        sock.setsockopt(
+            socket.SOL_SOCKET, SO_ATTACH_BPF, self.prog_fds["daemon_filter"].to_bytes(4, "little")
+        )
+
+
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "little")
