@@ -43,8 +43,8 @@ $(BPF_OBJ): $(BPF_DIR)/fastpath.bpf.c $(BPF_DIR)/fastpath.h | apt-deps
 	    -c $(BPF_DIR)/fastpath.bpf.c -o $@
 
 lint: setup
-	$(VENV)/bin/ruff check pymacvtap tests bench demo
-	$(VENV)/bin/ruff format --check pymacvtap tests bench demo
+	$(VENV)/bin/ruff check pymacvtap lab tests bench demo
+	$(VENV)/bin/ruff format --check pymacvtap lab tests bench demo
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -56,13 +56,13 @@ unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/core tests/virtio
 
 demo: setup
-	$(VPY) demo/demo.py
+	$(VPY) -m demo.demo
 
 # The reliability tests (fuzzing, faults, load) and the fast path's equivalence
 # property with ten times the counts.
 soak: setup
 	PYMACVTAP_FUZZ_SCALE=10 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout=1200 \
-	    tests/reliability tests/vhost_user/test_fuzz.py tests/bpf/test_equivalence.py
+	    tests/reliability tests/frontends/vhost_user/test_fuzz.py tests/bpf/test_equivalence.py
 
 # Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
 bench: setup

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.lab import in_netns, socket_in
+from lab import in_netns, socket_in
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IPERF_PORT = 5201

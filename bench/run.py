@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Lab
+from lab import Lab
 
 from .measure import (
     ECHO_PORT,

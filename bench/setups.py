@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab import Lab, delete_netns, ip, ip_batch, mac_str
-from tests.lab.daemon import DaemonProcess
+from lab import Lab, delete_netns, ip, ip_batch, mac_str
+from lab.daemon import DaemonProcess
 
 SUBNET = "10.97.0"
 EXT_ADDRESS = f"{SUBNET}.100"

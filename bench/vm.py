@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.lab import Lab, bridge, ip, ip_json, mac_bytes, run
-from tests.vm.image import VmImage, VmImageError, ensure_vm_image
-from tests.vm.qemu import QEMU, Nic, Vm, boot_vm, new_mac
+from lab import Lab, bridge, ip, ip_json, mac_bytes, run
+from lab.vm.image import VmImage, VmImageError, ensure_vm_image
+from lab.vm.qemu import QEMU, Nic, Vm, boot_vm, new_mac
 
 from .measure import (
     MeasureError,

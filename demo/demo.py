@@ -4,7 +4,7 @@ Builds the lab of SPEC section 8 (a Linux bridge with hairpin ports as the
 external VEPA switch, an outside host), starts the daemon in the host
 namespace, creates container endpoints with the CLI, shows who can reach whom,
 shows the counters, and removes everything again.  Run it as root with
-``make demo``.
+``make demo`` (``python -m demo.demo`` from the repository root).
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.lab import Lab, ip  # noqa: E402
-from tests.lab.daemon import DaemonProcess  # noqa: E402
+from lab import Lab, ip
+from lab.daemon import DaemonProcess
 
 SUBNET = "10.99.0"
 EXT_IP = f"{SUBNET}.100"

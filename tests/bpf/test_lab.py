@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from lab.capture import PacketSocket
+from lab.netns import in_netns, ip, ip_json
+from lab.topology import Lab, mac_str
 from pymacvtap.bpf.tables import Device, Tables, changes, derive
 from pymacvtap.core import Engine, Frame, Mode
 from pymacvtap.io.bpf import FastPath
 from pymacvtap.io.tap import Tap
-from tests.lab.capture import PacketSocket
-from tests.lab.netns import in_netns, ip, ip_json
-from tests.lab.topology import Lab, mac_str
 
 pytestmark = pytest.mark.root
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.netns import create_netns, delete_netns, ip, socket_in, unique_prefix
 from pymacvtap.core.dhcp import (
     DhcpClient,
     Event,
@@ -33,7 +34,6 @@ from pymacvtap.core.dhcp import (
     client_id_for,
     parse_frame,
 )
-from tests.lab.netns import create_netns, delete_netns, ip, socket_in, unique_prefix
 
 pytestmark = [
     pytest.mark.root,

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.daemon import DaemonProcess
-from tests.lab.fixtures import lab_with_lower, running_daemon
-from tests.lab.netns import ip, unique_prefix
+from lab.daemon import DaemonProcess
+from lab.fixtures import lab_with_lower, running_daemon
+from lab.netns import ip, unique_prefix
 
 pytestmark = [
     pytest.mark.root,

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.conftest import Containers
-from tests.lab.daemon import DaemonProcess
-from tests.lab.users import temporary_user
+from lab.daemon import DaemonProcess
+from lab.fixtures import Containers
+from lab.users import temporary_user
 
 
 def start_capture(daemon: DaemonProcess, *args: str) -> subprocess.Popen[str]:

@@ -1,6 +1,6 @@
 """The daemon end to end: real namespaces, a hairpin bridge as the VEPA switch, the real CLI.
 
-Each test builds the lab of SPEC 8 (tests/lab), starts ``pymacvtap daemon``
+Each test builds the lab of SPEC 8 (lab/), starts ``pymacvtap daemon``
 in the host namespace and drives it with ``pymacvtap`` commands, then checks
 what containers can reach and what the counters say.
 """
@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from lab import Lab, PacketSocket, ip, ip_json
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import LOWER_MAC, Containers
+from lab.monitor import EventMonitor
+from lab.transfer import DigestReceiver
+from lab.users import temporary_user
 from pymacvtap.state import StateStore
-from tests.integration.conftest import LOWER_MAC, Containers
-from tests.lab import Lab, PacketSocket, ip, ip_json
-from tests.lab.daemon import DaemonProcess, wait_until
-from tests.lab.monitor import EventMonitor
-from tests.lab.transfer import DigestReceiver
-from tests.lab.users import temporary_user
 
 ETH_P_TEST = 0x88B5
 

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
-from tests.lab import Lab
-from tests.lab.daemon import DaemonProcess
-from tests.lab.monitor import EventMonitor
+from lab import Lab
+from lab.daemon import DaemonProcess
+from lab.monitor import EventMonitor
 
 
 def journal_lines(daemon: DaemonProcess) -> list[dict[str, Any]]:

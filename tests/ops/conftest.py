@@ -1,41 +1,14 @@
-"""Fixtures for the operations tests: a lab with a hairpin lower and a real daemon."""
+"""Fixtures for the operations tests (the lab and daemon come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab
-from tests.lab.daemon import DaemonProcess, wait_until
-from tests.lab.fixtures import lab_with_lower, running_daemon
-
-REPO = Path(__file__).resolve().parents[2]
-SUBNET = "10.97.0"
-EXT_IP = f"{SUBNET}.100"
-LOWER_MAC = bytes.fromhex("020000000c01")
-
-
-class OpsDaemon(DaemonProcess):
-    """A DaemonProcess taking extra daemon options (``--metrics``)."""
-
-    def __init__(self, netns: str, workdir: Path, extra: tuple[str, ...] = ()) -> None:
-        super().__init__(netns, workdir, extra_args=extra)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with lab_with_lower(SUBNET, LOWER_MAC) as lab:
-        yield lab
-
-
-@pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
-    with running_daemon(lab, tmp_path) as proc:
-        yield proc
+from lab.daemon import wait_until
 
 
 @pytest.fixture

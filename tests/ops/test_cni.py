@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
+from lab import Lab, ip, ip_json
+from lab.daemon import DaemonProcess
+from lab.fixtures import EXT_IP, SUBNET
+from lab.readme import code_blocks
 from pymacvtap.cni import SUPPORTED_VERSIONS, endpoint_name
-from tests.lab import Lab, ip, ip_json
-from tests.lab.daemon import DaemonProcess
-from tests.lab.readme import code_blocks
-from tests.ops.conftest import EXT_IP, SUBNET
 
 HOST_LOCAL = "/usr/lib/cni/host-local"  # Debian's containernetworking-plugins
 PLUGIN = "pymacvtap-cni"

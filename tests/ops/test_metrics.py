@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab import Lab, ip, socket_in
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import EXT_IP, SUBNET
+from lab.readme import code_blocks, expand_braces, readme_section
 from pymacvtap import __version__
 from pymacvtap.metrics import parse_address
-from tests.lab import Lab, ip, socket_in
-from tests.lab.daemon import wait_until
-from tests.lab.readme import code_blocks, expand_braces, readme_section
-from tests.ops.conftest import EXT_IP, SUBNET, OpsDaemon
 
 PORT = 9477
 PINGS = 5
@@ -27,8 +27,8 @@ PING_SIZE = 200  # ICMP payload: 242-byte frames
 
 
 @pytest.fixture
-def metrics_daemon(lab: Lab, tmp_path: Path) -> Iterator[OpsDaemon]:
-    proc = OpsDaemon(lab.host, tmp_path, ("--metrics", f"127.0.0.1:{PORT}"))
+def metrics_daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess(lab.host, tmp_path, extra_args=("--metrics", f"127.0.0.1:{PORT}"))
     proc.start()
     try:
         yield proc
@@ -63,7 +63,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return matches[0]
 
 
-def test_metrics_follow_traffic_through_two_containers(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+def test_metrics_follow_traffic_through_two_containers(
+    lab: Lab, metrics_daemon: DaemonProcess
+) -> None:
     daemon = metrics_daemon
     netns = {}
     for i, name in enumerate(("c1", "c2")):
@@ -131,7 +133,7 @@ def test_parse_address() -> None:
             parse_address(bad)
 
 
-def test_metrics_are_served_only_where_asked(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+def test_metrics_are_served_only_where_asked(lab: Lab, metrics_daemon: DaemonProcess) -> None:
     # The port is served only in the daemon's namespace, on the address asked for.
     out = subprocess.run(
         ["ip", "netns", "exec", lab.ext, sys.executable, "-c",
@@ -152,7 +154,7 @@ def _cap_eff(path: Path) -> int:
 
 def test_a_port_below_1024_and_no_thread_keeps_more_capabilities(lab: Lab, tmp_path: Path) -> None:
     """The port is bound before the capabilities go; the HTTP thread starts after."""
-    proc = OpsDaemon(lab.host, tmp_path, ("--metrics", "127.0.0.1:981"))
+    proc = DaemonProcess(lab.host, tmp_path, extra_args=("--metrics", "127.0.0.1:981"))
     proc.start()
     try:
         _, samples = scrape(lab.host, 981)
@@ -167,7 +169,7 @@ def test_a_port_below_1024_and_no_thread_keeps_more_capabilities(lab: Lab, tmp_p
         proc.cleanup()
 
 
-def test_the_readme_example_and_table(lab: Lab, metrics_daemon: OpsDaemon) -> None:
+def test_the_readme_example_and_table(lab: Lab, metrics_daemon: DaemonProcess) -> None:
     """The Metrics section: its example's address and output line, and every metric of
     its table served with no label beyond the ones the table lists."""
     [block] = code_blocks("Metrics", "sh")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from lab import Lab
+from lab.daemon import DaemonProcess, as_user_argv
+from lab.readme import ROOT as REPO
+from lab.readme import code_blocks
+from lab.users import temporary_user
 from pymacvtap.cli import RunDaemon, parse
 from pymacvtap.io.caps import DAEMON_CAPABILITIES
-from tests.lab import Lab
-from tests.lab.daemon import DaemonProcess, as_user_argv
-from tests.lab.readme import code_blocks
-from tests.lab.users import temporary_user
-from tests.ops.conftest import REPO
 
 PKG = REPO / "packaging"
 COMMANDS = ("pymacvtap", "pymacvtap-qemu-helper", "pymacvtap-cni")

@@ -22,10 +22,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.lab import Lab, ip
-from tests.lab.daemon import DaemonProcess
-from tests.lab.readme import code_blocks, expand_braces
-from tests.ops.conftest import EXT_IP, SUBNET, wait_until
+from lab import Lab, ip
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import EXT_IP, SUBNET
+from lab.readme import code_blocks, expand_braces
 
 
 def schema(name: str) -> jsonschema.Draft202012Validator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import struct
 import tempfile
@@ -10,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab import socket_in
-from tests.lab.daemon import DaemonProcess
+from lab import socket_in
+from lab.daemon import DaemonProcess
 
 # Figures of this run: name -> count (frames fuzzed, messages, faults, uncounted losses).
 FIGURES: collections.Counter[str] = collections.Counter()
@@ -132,3 +133,23 @@ def vnet_packet_socket(netns: str, ifname: str) -> socket.socket:
     sock.bind((ifname, 0))
     sock.setblocking(False)
     return sock
+
+
+SCALE = max(1, int(os.environ.get("PYMACVTAP_FUZZ_SCALE", "1")))
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB (from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def proc_status(pid: int, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {key} for pid {pid}")

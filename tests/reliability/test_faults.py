@@ -8,14 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from lab import Lab, ip
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import LOWER_MAC, Containers
+from lab.monitor import EventMonitor
+from lab.transfer import DigestReceiver
 from pymacvtap.state import StateStore
-from tests.integration.conftest import Containers
-from tests.lab import Lab, ip
-from tests.lab.daemon import DaemonProcess
-from tests.lab.monitor import EventMonitor
-from tests.lab.transfer import DigestReceiver
-from tests.reliability.conftest import LOWER_MAC, record, wait_until
-from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir
+from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir, record
 
 
 def test_lower_down_up_and_deleted_recreated(

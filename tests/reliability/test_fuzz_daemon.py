@@ -16,17 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import Containers
-from tests.lab import Lab, ip_json
-from tests.lab.daemon import DaemonProcess
-from tests.reliability.conftest import SCALE, record, rss_kib, wait_until
+from lab import Lab, ip_json
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import Containers
 from tests.reliability.helpers import (
     BROADCAST,
+    SCALE,
     StreamVM,
     add_vm,
     frame,
     mac_of,
     public_dir,
+    record,
+    rss_kib,
     stats,
     vnet_packet_socket,
 )

@@ -24,7 +24,7 @@ import time
 from pymacvtap.core import Disposition, Engine, Frame, Mode, Outcome, VnetHeader
 from pymacvtap.core.stats import DropReason
 from pymacvtap.virtio.offload import OffloadError, to_plain
-from tests.reliability.conftest import SCALE, record
+from tests.reliability.helpers import SCALE, record
 
 FRAMES = 100_000 * SCALE
 MAX_LEN = 65_600

@@ -8,12 +8,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab import Lab, PacketSocket, drain, ip
+from lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv, wait_until
+from lab.fixtures import Containers
+from lab.users import temporary_user
 from pymacvtap.io.caps import CAP_BITS, DAEMON_CAPABILITIES
-from tests.integration.conftest import Containers
-from tests.lab import Lab, PacketSocket, drain, ip
-from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv
-from tests.lab.users import temporary_user
-from tests.reliability.conftest import proc_status, record, wait_until
 from tests.reliability.helpers import (
     BROADCAST,
     ETH_P_TEST,
@@ -21,7 +20,9 @@ from tests.reliability.helpers import (
     add_vm,
     frame,
     mac_of,
+    proc_status,
     public_dir,
+    record,
     stats,
 )
 

@@ -6,11 +6,19 @@ import subprocess
 import sys
 import time
 
-from tests.integration.conftest import Containers
-from tests.lab import Lab, ip_json
-from tests.lab.daemon import DaemonProcess
-from tests.reliability.conftest import SCALE, record, wait_until
-from tests.reliability.helpers import StreamVM, add_vm, frame, mac_of, public_dir, stats
+from lab import Lab, ip_json
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import Containers
+from tests.reliability.helpers import (
+    SCALE,
+    StreamVM,
+    add_vm,
+    frame,
+    mac_of,
+    public_dir,
+    record,
+    stats,
+)
 
 STORM_SECONDS = 2.0 * SCALE
 BLAST = (

@@ -1,7 +1,8 @@
 """The vhost-user device as a state machine: feed a message, check the actions.
 
 No socket, fd or mmap anywhere: fds are made-up numbers, guest memory is a bytearray (see
-``guest.py``).  The same behaviour through real sockets and eventfds is in tests/vhost_user.
+``guest.py``).  The same behaviour through real sockets and eventfds is in
+tests/frontends/vhost_user.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .image import VmImage, ensure_vm_image
+from lab.vm.image import VmImage, ensure_vm_image
 
 
 @pytest.fixture(scope="session")

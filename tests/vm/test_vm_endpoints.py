@@ -46,13 +46,12 @@ from typing import Any
 
 import pytest
 
-from tests.lab import Lab, ip
-from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv, public_package_copy
-from tests.lab.readme import code_blocks, readme_section
-from tests.lab.transfer import DigestReceiver
-
-from .image import VmImage
-from .qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
+from lab import Lab, ip
+from lab.daemon import SYSTEM_PYTHON, DaemonProcess, as_user_argv, public_package_copy
+from lab.readme import code_blocks, readme_section
+from lab.transfer import DigestReceiver
+from lab.vm.image import VmImage
+from lab.vm.qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
 
 SUBNET = "10.96.0"
 EXT_IP = f"{SUBNET}.100"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .image import VmImage
-from .qemu import Nic, VmError, boot_vm, temporary_user
+from lab.vm.image import VmImage
+from lab.vm.qemu import Nic, VmError, boot_vm, temporary_user
 
 
 @pytest.fixture

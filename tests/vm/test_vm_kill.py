@@ -48,11 +48,11 @@ from typing import Any
 
 import pytest
 
-from tests.lab import Lab, ip
-from tests.lab.daemon import DaemonProcess, wait_until
+from lab import Lab, ip
+from lab.daemon import DaemonProcess, wait_until
+from lab.vm.image import VmImage
+from lab.vm.qemu import Vm, open_dir, temporary_user
 
-from .image import VmImage
-from .qemu import Vm, open_dir, temporary_user
 from .test_vm_restart import (
     ADDRESS,
     ENDPOINT,

@@ -40,11 +40,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.lab import Lab, ip
-from tests.lab.daemon import SYSTEM_PYTHON, DaemonProcess, public_package_copy
-
-from .image import VmImage
-from .qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
+from lab import Lab, ip
+from lab.daemon import SYSTEM_PYTHON, DaemonProcess, public_package_copy
+from lab.vm.image import VmImage
+from lab.vm.qemu import Nic, Vm, boot_vm, new_mac, open_dir, temporary_user
 
 SUBNET = "10.97.0"
 EXT_IP = f"{SUBNET}.100"

@@ -1,6 +1,6 @@
 """Differential test: the daemon and CLI against kernel macvlan, frame by frame (SPEC 2, 4, 8).
 
-The scenarios of ``tests/test_kernel_differential.py`` (the engine against the kernel)
+The scenarios of ``tests/differential/test_kernel_differential.py`` (the engine against the kernel)
 are run end to end here, each twice, in two identical labs of SPEC section 8 (same
 lower names and MACs, same static switch table on each ``br0``, same hairpin setting):
 
@@ -48,9 +48,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab, PacketSocket, cleanup_leftovers, drain, ip, mac_str
-from tests.lab.daemon import DaemonProcess
-from tests.test_kernel_differential import (
+from lab import Lab, PacketSocket, cleanup_leftovers, drain, ip, mac_str
+from lab.daemon import DaemonProcess
+from tests.differential.test_kernel_differential import (
     ADDRESSES,
     COUNTERS,
     ENDPOINT_MACS,

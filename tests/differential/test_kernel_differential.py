@@ -2,7 +2,7 @@
 
 Each scenario is run twice:
 
-* on the kernel, in the lab of SPEC section 8 (``tests/lab``): kernel macvlan endpoints
+* on the kernel, in the lab of SPEC section 8 (``lab/``): kernel macvlan endpoints
   on a veth lower whose peer is a port of the Linux bridge ``br0`` (the external switch,
   hairpin on or off); frames are written to an AF_PACKET socket on the sending endpoint
   (so they go through ``macvlan_start_xmit``) or on ext's interface, and captured on
@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from lab import Lab, PacketSocket, cleanup_leftovers, drain, list_netns
 from pymacvtap.core import Engine, Frame, Mode, Outcome
-from tests.lab import Lab, PacketSocket, cleanup_leftovers, drain, list_netns
 
 pytestmark = pytest.mark.root
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parents[2] / "pymacvtap"
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "pymacvtap"
 # Debian's interpreter: readable by every user, unlike a venv inside the checkout.
 SYSTEM_PYTHON = "/usr/bin/python3"
 

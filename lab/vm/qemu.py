@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .image import VmImage, overlay_cpio
+from lab.vm.image import VmImage, overlay_cpio
 
 QEMU = "qemu-system-x86_64"
 _live: set[Vm] = set()

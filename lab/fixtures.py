@@ -1,31 +1,48 @@
-"""Fixtures: the namespace lab of SPEC 8 with a real daemon on its lower."""
+"""The lab with one lower and a daemon on it: what most daemon tests start from."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from lab.daemon import DaemonProcess
+from lab.netns import ip
+from lab.topology import Lab
 
-from tests.lab import Lab, ip
-from tests.lab.daemon import DaemonProcess
-from tests.lab.fixtures import lab_with_lower, running_daemon
-
-SUBNET = "10.98.0"
-LOWER_MAC = bytes.fromhex("020000000b01")
+# The one lab the daemon tests share: the outside host is SUBNET.100.
+SUBNET = "10.97.0"
+EXT_IP = f"{SUBNET}.100"
+LOWER_MAC = bytes.fromhex("020000000c01")
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with lab_with_lower(SUBNET, LOWER_MAC) as lab:
+@contextlib.contextmanager
+def lab_with_lower(subnet: str, lower_mac: bytes, lower: str = "low0") -> Iterator[Lab]:
+    """SPEC 8's lab: the outside host at ``subnet``.100/24, one hairpin lower."""
+    with Lab(ext_ip=f"{subnet}.100/24") as lab:
+        lab.add_lower(lower, lower_mac, hairpin=True)
         yield lab
 
 
-@pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
-    with running_daemon(lab, tmp_path) as proc:
+@contextlib.contextmanager
+def running_daemon(
+    lab: Lab, workdir: Path, *, must_survive: bool = False
+) -> Iterator[DaemonProcess]:
+    """A started daemon in the lab's host namespace, stopped and cleaned up afterwards.
+
+    Its log is printed at the end (pytest shows it only for a failed test);
+    ``must_survive`` fails the test if the daemon died during it.
+    """
+    proc = DaemonProcess(lab.host, workdir)
+    proc.start()
+    try:
         yield proc
+        if must_survive:
+            assert proc.proc is not None and proc.proc.poll() is None, proc.log()
+    finally:
+        proc.cleanup()
+        print(proc.log())
 
 
 class Containers:
@@ -35,7 +52,7 @@ class Containers:
         self.lab = lab
         self.daemon = daemon
         self.netns: dict[str, str] = {}
-        self.address: dict[str, str] = {"ext": f"{SUBNET}.100"}
+        self.address: dict[str, str] = {"ext": EXT_IP}
         self._next = 11
 
     def add(self, name: str, mode: str, *, lower: str = "low0", extra: tuple[str, ...] = ()) -> str:
@@ -64,8 +81,3 @@ class Containers:
             check=False,
         )  # fmt: skip
         return proc.returncode == 0
-
-
-@pytest.fixture
-def containers(lab: Lab, daemon: DaemonProcess) -> Containers:
-    return Containers(lab, daemon)

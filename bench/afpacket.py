@@ -1,6 +1,6 @@
 """Micro-benchmark of PacketLower's per-frame cost (not a test: run it by hand, as root).
 
-``.venv/bin/python tests/io/bench_afpacket.py [--rounds N] [--frames K]``
+``.venv/bin/python -m bench.afpacket [--rounds N] [--frames K]``
 
 A veth pair in two fresh namespaces; the peer injects K 64-byte frames (untimed), then
 ``recv_batch(64)`` drains them (timed); ``send``/``send_batch`` of K 64-byte frames

@@ -1,0 +1,1 @@
+"""Booting test VMs: a cached kernel and busybox initramfs, QEMU command lines."""

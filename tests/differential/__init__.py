@@ -1,0 +1,1 @@
+"""The differential suites: the daemon against kernel macvlan, scenario by scenario."""

@@ -1,0 +1,1 @@
+"""Tests of the frontends: one kind of fd adapted to the engine each."""
