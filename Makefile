@@ -45,6 +45,7 @@ $(BPF_OBJ): $(BPF_DIR)/fastpath.bpf.c $(BPF_DIR)/fastpath.h | apt-deps
 lint: setup
 	$(VENV)/bin/ruff check pymacvtap lab tests bench demo
 	$(VENV)/bin/ruff format --check pymacvtap lab tests bench demo
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy

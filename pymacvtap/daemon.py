@@ -33,13 +33,12 @@ from typing import Any
 from pymacvtap import __version__
 from pymacvtap.config import ConfigError, EndpointConfig
 from pymacvtap.control.protocol import WithFds
-from pymacvtap.core.endpoint import Endpoint
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
-from pymacvtap.core.port import Port
+from pymacvtap.core.port import Endpoint, Port
 from pymacvtap.frontends.base import Frontend
 from pymacvtap.frontends.dgram import DgramFrontend
 from pymacvtap.frontends.netdev import NetdevFrontend

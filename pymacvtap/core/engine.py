@@ -7,13 +7,12 @@ Feeding frames::
     engine.process_broadcasts()           # settle the deferred floods
 
 Results land in ``endpoint.rx_queue`` and ``port.tx_queue``; each call also
-returns the frame's :class:`~pymacvtap.core.stats.Disposition`.  Nothing here
+returns the frame's :class:`~pymacvtap.core.port.Disposition`.  Nothing here
 reads a clock, a socket or an entropy source: the caller owns all of those.
 """
 
 from __future__ import annotations
 
-from pymacvtap.core.endpoint import DEFAULT_BCQUEUELEN, DEFAULT_RX_QUEUE_LEN, Endpoint
 from pymacvtap.core.errors import EngineError
 from pymacvtap.core.mac import (
     MacError,
@@ -23,14 +22,14 @@ from pymacvtap.core.mac import (
     random_local_unicast,
 )
 from pymacvtap.core.modes import MODE_BY_NAME, Mode
-from pymacvtap.core.port import Port
+from pymacvtap.core.port import DEFAULT_BCQUEUELEN, DEFAULT_RX_QUEUE_LEN, Endpoint, Port
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from pymacvtap.core.frame import Frame
-    from pymacvtap.core.stats import Disposition
+    from pymacvtap.core.port import Disposition
 
 MIN_MTU = 68  # ETH_MIN_MTU
 _MODES = frozenset(MODE_BY_NAME.values())

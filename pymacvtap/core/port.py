@@ -1,5 +1,12 @@
 """The forwarding policy of one lower: where each frame goes.
 
+A :class:`Port` is one lower (the kernel's ``struct macvlan_port``), an
+:class:`Endpoint` one MAC address on it (``struct macvlan_dev``); they refer to
+each other, so they live together, as in the kernel's file.  A
+:class:`Disposition` says where one frame went: delivered to k endpoints and/or
+the wire, not ours (the host's to handle), or dropped with the named counter
+that was incremented (SPEC 2.2).
+
 This module is the one place to read to know where a frame can go.  Its three
 entry points mirror drivers/net/macvlan.c:
 
@@ -20,9 +27,11 @@ and unroll the common unicast cases; anything else they hand to the general code
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 
 from pymacvtap.core.frame import ETH_HLEN, ETH_P_PAUSE
+from pymacvtap.core.mac import BROADCAST
 from pymacvtap.core.modes import (
     FLOOD_FROM_BRIDGE,
     FLOOD_FROM_OUTSIDE,
@@ -30,19 +39,64 @@ from pymacvtap.core.modes import (
     REFLECT_TO_SENDER_ONLY,
     Mode,
 )
-from pymacvtap.core.stats import Disposition, DropReason, LowerStats, Outcome
+from pymacvtap.core.stats import DropReason, EndpointStats, LowerStats
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pymacvtap.core.endpoint import Endpoint
     from pymacvtap.core.frame import Frame
 
 DEFAULT_TX_QUEUE_LEN = 4096
+DEFAULT_RX_QUEUE_LEN = 500  # macvtap's tx_queue_len (TUN_READQ_SIZE)
+DEFAULT_BCQUEUELEN = 1000  # MACVLAN_DEFAULT_BC_QUEUE_LEN
 
 # Module constants for the unrolled paths: a global is cheaper than an enum attribute
 # (``Mode.BRIDGE`` goes through the enum metaclass on every lookup).
 _BRIDGE = Mode.BRIDGE
 _SOURCE = Mode.SOURCE
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    NOT_OURS = "not_ours"
+    DROPPED = "dropped"
+    QUEUED = "queued"
+
+
+class Disposition:
+    """Where one frame went.
+
+    ``receivers`` are the endpoints that got a copy, in delivery order;
+    ``refused`` those offered one whose queue was full (each counted in its
+    ``rx_dropped``); ``wire`` says whether it was queued for the lower.  A
+    ``reason`` on a delivered frame names the counter charged for the part of
+    it that was lost (the wire copy, or the flood after the broadcast queue
+    overflowed).
+    """
+
+    __slots__ = ("frame", "outcome", "reason", "receivers", "refused", "wire")
+
+    def __init__(
+        self,
+        frame: Frame,
+        outcome: Outcome,
+        receivers: list[Endpoint] | None = None,
+        wire: bool = False,
+        reason: DropReason | None = None,
+    ) -> None:
+        self.frame = frame
+        self.outcome = outcome
+        self.receivers: list[Endpoint] = receivers if receivers is not None else []
+        self.refused: list[Endpoint] = []
+        self.wire = wire
+        self.reason = reason
+
+    @property
+    def receiver_names(self) -> list[str]:
+        return [ep.name for ep in self.receivers]
+
+    def __repr__(self) -> str:
+        extra = f" reason={self.reason.name}" if self.reason else ""
+        return f"Disposition({self.outcome.value} to={self.receiver_names} wire={self.wire}{extra})"
 
 
 class Port:
@@ -380,3 +434,65 @@ class Port:
     def _count_tx(ep: Endpoint, frame: Frame) -> None:
         ep.stats.tx_packets += 1
         ep.stats.tx_bytes += len(frame.data)
+
+
+class Endpoint:
+    """Forwarding state of one endpoint; the frontend reads ``rx_queue``.
+
+    Configuration changes go through :class:`pymacvtap.core.engine.Engine`,
+    which keeps the lower's lookup tables in step; forwarding reads the
+    attributes directly.
+    """
+
+    __slots__ = (
+        "allmulti",
+        "bcqueuelen",
+        "mac",
+        "mc_groups",
+        "mode",
+        "mtu",
+        "name",
+        "port",
+        "rx_queue",
+        "rx_queue_len",
+        "source_macs",
+        "spoofchk",
+        "stats",
+        "up",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        port: Port,
+        mode: Mode,
+        mac: bytes,
+        mtu: int,
+        *,
+        spoofchk: bool = False,
+        bcqueuelen: int = DEFAULT_BCQUEUELEN,
+        rx_queue_len: int = DEFAULT_RX_QUEUE_LEN,
+    ) -> None:
+        self.name = name
+        self.port: Port | None = port
+        self.mode = mode
+        self.mac = mac
+        self.mtu = mtu
+        self.up = False
+        self.spoofchk = spoofchk
+        self.bcqueuelen = bcqueuelen
+        # Exact multicast filter (SPEC 2.3): joined groups; broadcast always passes.
+        self.mc_groups: set[bytes] = set()
+        self.allmulti = False
+        self.source_macs: set[bytes] = set()
+        self.rx_queue_len = rx_queue_len
+        self.rx_queue: deque[Frame] = deque()
+        self.stats = EndpointStats()
+
+    def accepts_group(self, dst: bytes) -> bool:
+        """The endpoint's own multicast filter (macvlan's per-vlan mc_filter)."""
+        return self.allmulti or dst == BROADCAST or dst in self.mc_groups
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return f"Endpoint({self.name!r}, {self.mode.label}, {self.mac.hex(':')}, {state})"

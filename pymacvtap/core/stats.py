@@ -1,27 +1,12 @@
-"""Counters and dispositions: every frame handed to the engine is accounted for.
+"""Counters: every frame handed to the engine is counted, every drop by its name.
 
-A frame ends in exactly one :class:`Disposition` (SPEC 2.2): delivered to k
-endpoints and/or the wire, not ours (the host's to handle), or dropped with the
-named counter that was incremented.  Frames flooded from the lower pass through
-the broadcast queue first; their disposition is ``QUEUED`` until
-:meth:`pymacvtap.core.engine.Engine.process_broadcasts` settles it.
+Where a frame went is told by :mod:`pymacvtap.core.disposition`; what it cost
+whom is counted here, per lower and per endpoint (SPEC 2.2).
 """
 
 from __future__ import annotations
 
 import enum
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from pymacvtap.core.endpoint import Endpoint
-    from pymacvtap.core.frame import Frame
-
-
-class Outcome(enum.Enum):
-    DELIVERED = "delivered"
-    NOT_OURS = "not_ours"
-    DROPPED = "dropped"
-    QUEUED = "queued"
 
 
 class DropReason(enum.Enum):
@@ -127,40 +112,3 @@ class LowerStats:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__ if name != "drops"}
-
-
-class Disposition:
-    """Where one frame went.
-
-    ``receivers`` are the endpoints that got a copy, in delivery order;
-    ``refused`` those offered one whose queue was full (each counted in its
-    ``rx_dropped``); ``wire`` says whether it was queued for the lower.  A
-    ``reason`` on a delivered frame names the counter charged for the part of
-    it that was lost (the wire copy, or the flood after the broadcast queue
-    overflowed).
-    """
-
-    __slots__ = ("frame", "outcome", "reason", "receivers", "refused", "wire")
-
-    def __init__(
-        self,
-        frame: Frame,
-        outcome: Outcome,
-        receivers: list[Endpoint] | None = None,
-        wire: bool = False,
-        reason: DropReason | None = None,
-    ) -> None:
-        self.frame = frame
-        self.outcome = outcome
-        self.receivers: list[Endpoint] = receivers if receivers is not None else []
-        self.refused: list[Endpoint] = []
-        self.wire = wire
-        self.reason = reason
-
-    @property
-    def receiver_names(self) -> list[str]:
-        return [ep.name for ep in self.receivers]
-
-    def __repr__(self) -> str:
-        extra = f" reason={self.reason.name}" if self.reason else ""
-        return f"Disposition({self.outcome.value} to={self.receiver_names} wire={self.wire}{extra})"

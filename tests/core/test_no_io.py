@@ -219,7 +219,6 @@ def test_core_modules_are_all_found() -> None:
         "stats",
         "mac",
         "modes",
-        "endpoint",
         "headers",
         "addresses",
         "announce",
