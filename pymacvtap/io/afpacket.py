@@ -1,8 +1,9 @@
-"""The lower: one Ethernet device, owned through an AF_PACKET socket.
+"""One Ethernet device, owned through an AF_PACKET socket.
 
 Kernel macvlan hooks the lower's receive path; in user space the equivalent is
 a raw packet socket bound to the device, which sees every frame the device
-receives and can put frames on its wire.  The options below make it behave
+receives and can put frames on its wire.  The same socket reads and writes a
+VM tap's queues (``frontends/vmtap.py``).  The options below make it behave
 like that hook rather than like a sniffer:
 
 * ``PACKET_VNET_HDR``: every frame is preceded by a 10-byte ``virtio_net_hdr``
@@ -23,25 +24,22 @@ like that hook rather than like a sniffer:
   alone would lose it.  The tag is taken from the ancillary data and put back,
   as the kernel's macvtap does on read.
 
-Receiving goes through a memory-mapped ring (``PACKET_RX_RING``) when the
-kernel grants one, so that a batch of frames costs no system call at all:
+Receiving goes through a memory-mapped ``TPACKET_V2`` ring (``PACKET_RX_RING``)
+when the kernel grants one, so that a batch of frames costs no system call at
+all.  Its fixed 2 KiB slots each have their own status word, so the kernel
+wakes the reader for every frame: a lone frame is delivered at once, while
+under load one wake-up finds many slots ready.  (``TPACKET_V3`` packs frames
+into blocks handed over only when full or when a timer expires, which delays
+every frame of a light flow by that timer.)  A frame too big for a slot (a GSO
+super-frame, a jumbo frame) is also queued whole to the socket
+(``PACKET_COPY_THRESH``): its slot says ``TP_STATUS_COPY`` and it is read with
+one ``recvmsg`` in ring order.  The virtio_net_hdr sits right before the frame
+in its slot, and a VLAN tag stripped by rx offload is read from the slot's
+header (``tp_vlan_tci``).
 
-* ``TPACKET_V2`` (the default): fixed 2 KiB slots, each with its own status
-  word.  The kernel wakes the reader for every frame, so a lone frame is
-  delivered at once (no added latency), while under load one wake-up finds
-  many slots ready.  A frame too big for a slot (a GSO super-frame, a jumbo
-  frame) is also queued whole to the socket (``PACKET_COPY_THRESH``): its slot
-  says ``TP_STATUS_COPY`` and it is read with one ``recvmsg`` in ring order.
-* ``TPACKET_V3``: variable-size frames packed into blocks; the kernel hands
-  over a whole block when it is full or when ``tp_retire_blk_tov``
-  milliseconds have passed.  Fewest wake-ups, but a frame may wait up to that
-  timeout: under light load that is latency the V2 ring does not add.
-
-In both the virtio_net_hdr sits right before the frame and a VLAN tag stripped
-by rx offload is read from the frame's ring header (``tp_vlan_tci``).  Where
-no ring can be had, the socket is read with one ``recvmsg_into`` per frame
-into one preallocated buffer shared by all lowers (the daemon has one thread);
-either way each frame's bytes are copied out exactly once.
+Where no ring can be had, the socket is read with one ``recvmsg_into`` per
+frame into one preallocated buffer shared by all sockets (the daemon has one
+thread); either way each frame's bytes are copied out exactly once.
 """
 
 from __future__ import annotations
@@ -78,7 +76,6 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SIOCGIFMTU = 0x8921
 TPACKET_V2 = 1
-TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 0x1
 TP_STATUS_COPY = 0x2
@@ -90,25 +87,15 @@ _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
 _AUXDATA = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
 _IFREQ_MTU = struct.Struct("16si12x")  # struct ifreq with ifr_mtu
 _TPACKET_REQ = struct.Struct("IIII")  # struct tpacket_req
-_TPACKET_REQ3 = struct.Struct("IIIIIII")  # struct tpacket_req3
-_TPACKET_STATS_V3 = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
+_TPACKET_STATS = struct.Struct("II")  # struct tpacket_stats: tp_packets, tp_drops
 # struct tpacket2_hdr: tp_status, tp_len, tp_snaplen, tp_mac, (tp_net, tp_sec, tp_nsec),
 # tp_vlan_tci, tp_vlan_tpid
 _V2_HDR = struct.Struct("<IIIH10xHH4x")
-# struct tpacket3_hdr: tp_next_offset, (tp_sec, tp_nsec), tp_snaplen, tp_len, tp_status,
-# tp_mac, (tp_net, hv1.tp_rxhash), hv1.tp_vlan_tci, hv1.tp_vlan_tpid
-_V3_HDR = struct.Struct("<I8xIIIH6xIH")
-# struct tpacket_block_desc: hdr.bh1.num_pkts, hdr.bh1.offset_to_first_pkt
-_V3_BLOCK = struct.Struct("<II")
-_V3_BLOCK_STATUS = 8  # offset of hdr.bh1.block_status
-_V3_BLOCK_NUM_PKTS = 12
 _TAG = struct.Struct("!HH")
 _STATUS_KERNEL = bytes(4)
 
 DEFAULT_RING_SIZE = 4 << 20  # per socket; a VM tap has one socket per queue
 RING_V2_FRAME_SIZE = 2048  # a 1514-byte frame plus headers; bigger ones take the copy path
-RING_V3_BLOCK_SIZE = 256 << 10  # must hold a 64 KiB GSO super-frame plus headers
-DEFAULT_RING_TIMEOUT_MS = 1  # TPACKET_V3 block retire timeout
 
 # 64 KiB is the default GRO/GSO maximum (gro_max_size); a frame that does not
 # fit is dropped and counted (rx_truncated), never delivered cut short.
@@ -122,7 +109,7 @@ _ZERO_VNET = bytes(VNET_HDR_LEN)
 # costs us.  NEEDS_CSUM (bit 1) and any GSO type are always kept.
 _ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
 
-# One receive buffer for every lower: the daemon reads one socket at a time.
+# One receive buffer for every socket: the daemon reads one socket at a time.
 _rx_buf = bytearray(RX_BUFFER_SIZE)
 _rx_view = memoryview(_rx_buf)
 
@@ -153,16 +140,14 @@ def _interface_index(ifname: str) -> int:
 
 
 class PacketLower:
-    """An AF_PACKET socket on one interface of the current network namespace.
+    """An AF_PACKET socket bound to one device of the current network namespace.
 
     ``restore_vlan`` re-inserts VLAN tags stripped by rx offload (from the ring
     header, or from ``PACKET_AUXDATA`` without a ring).  ``qdisc_bypass`` skips
     the device's qdisc on send: cheaper, but without the queue's backpressure,
-    so it is off by default.  ``ring`` picks the receive ring: ``2``
-    (TPACKET_V2, the default), ``3`` (TPACKET_V3) or ``0`` (none: one
-    ``recvmsg`` per frame); ``ring_size`` is its size in bytes (0: none).  If
-    the kernel refuses the ring the socket falls back to ``recvmsg``:
-    :attr:`mode` tells which.
+    so it is off by default.  ``ring_size`` is the receive ring's size in bytes
+    (0: no ring, one ``recvmsg`` per frame).  If the kernel refuses the ring
+    the socket falls back to ``recvmsg``: :attr:`mode` tells which.
     """
 
     def __init__(
@@ -173,12 +158,8 @@ class PacketLower:
         qdisc_bypass: bool = False,
         rcvbuf: int = DEFAULT_RCVBUF,
         sndbuf: int = DEFAULT_SNDBUF,
-        ring: int = 2,
         ring_size: int = DEFAULT_RING_SIZE,
-        ring_timeout_ms: int = DEFAULT_RING_TIMEOUT_MS,
     ) -> None:
-        if ring not in (0, 2, 3):
-            raise ValueError(f"ring: {ring}: not 0, 2 or 3")
         self.ifname = ifname
         self._ifindex = _interface_index(ifname)
         self._restore_vlan = restore_vlan
@@ -187,18 +168,13 @@ class PacketLower:
         self._promisc = False
         self.rx_truncated = 0  # frames bigger than the receive buffer, dropped
         self.link_down_events = 0  # ENETDOWN reported by the socket (see _recv_error)
-        self._stats = [0, 0, 0]  # PACKET_STATISTICS, summed (the kernel resets on read)
+        self._stats = [0, 0]  # PACKET_STATISTICS, summed (the kernel resets on read)
         self._ring: mmap.mmap | None = None
         self._mode = "recvmsg"
         # Ring geometry and the reader's position in it.
-        self._frame_size = 0  # V2 slot size
+        self._frame_size = 0
         self._frame_nr = 0
-        self._slot = 0
-        self._block_size = 0  # V3
-        self._block_nr = 0
-        self._block = 0
-        self._pos = 0  # V3: offset of the next frame in the current block
-        self._left = 0  # V3: frames of the current block not yet read
+        self._slot = 0  # offset of the next slot to read
         # Protocol 0 receives nothing until bind(): no frame of another
         # interface slips in while the options are being set.
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -212,8 +188,8 @@ class PacketLower:
             _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
             _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
             sock.setblocking(False)
-            if ring and ring_size > 0:
-                self._setup_ring(sock, ring, ring_size, ring_timeout_ms)
+            if ring_size > 0:
+                self._setup_ring(sock, ring_size)
             sock.bind((ifname, ETH_P_ALL))
         except BaseException:
             if self._ring is not None:
@@ -223,35 +199,23 @@ class PacketLower:
         self._sock = sock
         self._sendmsg = sock.sendmsg
         if self._mode == "tpacket_v2":
-            self.recv_batch = self._recv_ring_v2  # type: ignore[method-assign]
-        elif self._mode == "tpacket_v3":
-            self.recv_batch = self._recv_ring_v3  # type: ignore[method-assign]
+            self.recv_batch = self._recv_ring  # type: ignore[method-assign]
         elif restore_vlan:
             self.recv_batch = self._recv_batch_aux  # type: ignore[method-assign]
         else:
             self.recv_batch = self._recv_batch_plain  # type: ignore[method-assign]
 
-    def _setup_ring(self, sock: socket.socket, version: int, size: int, timeout_ms: int) -> None:
+    def _setup_ring(self, sock: socket.socket, size: int) -> None:
         """Map a receive ring; on any refusal leave the socket as it was (recvmsg)."""
+        frame_size = RING_V2_FRAME_SIZE
+        block_size = max(mmap.PAGESIZE, 64 << 10)
+        block_nr = max(1, size // block_size)
+        frame_nr = block_size // frame_size * block_nr
         try:
-            if version == 3:
-                block_size = RING_V3_BLOCK_SIZE
-                block_nr = max(2, size // block_size)
-                frame_size = RING_V2_FRAME_SIZE  # only checked by the kernel for V3
-                frame_nr = block_size // frame_size * block_nr
-                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-                req = _TPACKET_REQ3.pack(
-                    block_size, block_nr, frame_size, frame_nr, max(1, timeout_ms), 0, 0
-                )
-            else:
-                frame_size = RING_V2_FRAME_SIZE
-                block_size = max(mmap.PAGESIZE, 64 << 10)
-                block_nr = max(1, size // block_size)
-                frame_nr = block_size // frame_size * block_nr
-                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-                # Frames that do not fit a slot are also queued whole to the socket.
-                sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
-                req = _TPACKET_REQ.pack(block_size, block_nr, frame_size, frame_nr)
+            sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+            # Frames that do not fit a slot are also queued whole to the socket.
+            sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
+            req = _TPACKET_REQ.pack(block_size, block_nr, frame_size, frame_nr)
             sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         except OSError:
             return
@@ -262,15 +226,11 @@ class PacketLower:
             )  # fmt: skip
         except OSError:
             # Unmapped, the ring would still swallow every frame: take it away again.
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(_TPACKET_REQ3.size))
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(_TPACKET_REQ.size))
             return
         self._ring = ring
-        if version == 3:
-            self._mode = "tpacket_v3"
-            self._block_size, self._block_nr = block_size, block_nr
-        else:
-            self._mode = "tpacket_v2"
-            self._frame_size, self._frame_nr = frame_size, frame_nr
+        self._mode = "tpacket_v2"
+        self._frame_size, self._frame_nr = frame_size, frame_nr
 
     # -- identity ----------------------------------------------------------------
 
@@ -280,7 +240,7 @@ class PacketLower:
 
     @property
     def mode(self) -> str:
-        """How frames are received: ``tpacket_v2``, ``tpacket_v3`` or ``recvmsg``."""
+        """How frames are received: ``tpacket_v2`` (the ring) or ``recvmsg``."""
         return self._mode
 
     @property
@@ -311,15 +271,14 @@ class PacketLower:
         """The kernel's receive counters for this socket since it was opened.
 
         ``packets``: frames that reached the socket (delivered or dropped);
-        ``drops``: frames dropped because the ring (or receive buffer) was
-        full; ``freeze_q_cnt``: times a TPACKET_V3 ring ran out of free blocks.
+        ``drops``: frames dropped because the ring (or receive buffer) was full.
         """
-        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS_V3.size)
-        values = _TPACKET_STATS_V3.unpack(raw.ljust(_TPACKET_STATS_V3.size, b"\0"))
+        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
+        packets, drops = _TPACKET_STATS.unpack(raw)
         acc = self._stats
-        for i, v in enumerate(values):
-            acc[i] += v
-        return {"packets": acc[0], "drops": acc[1], "freeze_q_cnt": acc[2]}
+        acc[0] += packets
+        acc[1] += drops
+        return {"packets": acc[0], "drops": acc[1]}
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -346,7 +305,7 @@ class PacketLower:
         """
         raise NotImplementedError  # pragma: no cover
 
-    def _recv_ring_v2(self, max_frames: int) -> list[Frame]:
+    def _recv_ring(self, max_frames: int) -> list[Frame]:
         frames: list[Frame] = []
         append = frames.append
         ring = self._ring
@@ -383,50 +342,6 @@ class PacketLower:
         if self._restore_vlan:
             return self._recv_batch_aux(1)
         return self._recv_batch_plain(1)
-
-    def _recv_ring_v3(self, max_frames: int) -> list[Frame]:
-        frames: list[Frame] = []
-        append = frames.append
-        ring = self._ring
-        assert ring is not None
-        unpack_hdr = _V3_HDR.unpack_from
-        restore = self._restore_vlan
-        block_size = self._block_size
-        base = self._block * block_size
-        pos = self._pos
-        left = self._left
-        count = 0
-        truncated = 0
-        while count < max_frames:
-            if not left:
-                if not ring[base + _V3_BLOCK_STATUS] & TP_STATUS_USER:
-                    break
-                left, first = _V3_BLOCK.unpack_from(ring, base + _V3_BLOCK_NUM_PKTS)
-                pos = base + first
-            take = left if left <= max_frames - count else max_frames - count
-            for _ in range(take):
-                nxt, snaplen, length, status, mac, tci, tpid = unpack_hdr(ring, pos)
-                if snaplen != length:
-                    truncated += 1
-                else:
-                    append(_ring_frame(ring, pos + mac, snaplen, status, tci, tpid, restore))
-                pos += nxt
-            left -= take
-            count += take
-            if not left:
-                # Block read to the end: give it back to the kernel.
-                ring[base + _V3_BLOCK_STATUS : base + _V3_BLOCK_STATUS + 4] = _STATUS_KERNEL
-                base += block_size
-                if base == block_size * self._block_nr:
-                    base = 0
-        self._block = base // block_size
-        self._pos = pos
-        self._left = left
-        if truncated:
-            self.rx_truncated += truncated
-        if not count:
-            self._check_error()
-        return frames
 
     def _check_error(self) -> None:
         """With a ring nothing reads the socket, so a pending error is fetched here."""
@@ -621,7 +536,7 @@ def _header_at(buf: bytes | bytearray | mmap.mmap, at: int) -> VnetHeader | None
 def _ring_frame(
     ring: mmap.mmap, start: int, snaplen: int, status: int, tci: int, tpid: int, restore: bool
 ) -> Frame:
-    """The frame at ``start`` of a ring slot (both ring versions), VLAN tag put back."""
+    """The frame at ``start`` of a ring slot, VLAN tag put back."""
     vnet = _header_at(ring, start - VNET_HDR_LEN)
     if status & TP_STATUS_VLAN_VALID and restore:
         return _retagged(ring, start, start + snaplen, vnet, status, tci, tpid)
