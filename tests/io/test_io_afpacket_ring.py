@@ -24,7 +24,7 @@ from io_helpers import (
 )
 
 from pymacvtap.core.frame import VIRTIO_NET_HDR_GSO_TCPV4, Frame, VnetHeader
-from pymacvtap.io import afpacket
+from pymacvtap.io import afpacket, rxring
 from pymacvtap.io.afpacket import PacketLower
 from pymacvtap.io.netns import entered
 
@@ -231,7 +231,7 @@ def test_fallback_when_the_kernel_refuses_the_ring(
     veth: Veth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Geometry the kernel rejects (EINVAL): the socket reads with recvmsg instead."""
-    monkeypatch.setattr(afpacket, "RING_V2_FRAME_SIZE", 2047)  # not TPACKET_ALIGNMENT
+    monkeypatch.setattr(rxring, "RING_V2_FRAME_SIZE", 2047)  # not TPACKET_ALIGNMENT
     inj = RawSocket(veth.ns_a, veth.a)
     tagged = BCAST + SRC + b"\x81\x00\x00\x07" + b"\x88\xb5" + b"tagged".ljust(46, b".")
     with _lower(veth.ns_b, veth.b) as lower:
