@@ -1,4 +1,4 @@
-"""Micro-benchmark of PacketLower's per-frame cost (not a test: run it by hand, as root).
+"""Micro-benchmark of DeviceSocket's per-frame cost (not a test: run it by hand, as root).
 
 ``.venv/bin/python -m bench.afpacket [--rounds N] [--frames K] [--no-vlan] [--no-ring]``
 
@@ -26,7 +26,7 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.io.afpacket import DEFAULT_RING_SIZE, PacketLower
+from pymacvtap.io.afpacket import DEFAULT_RING_SIZE, DeviceSocket
 from pymacvtap.io.netns import entered
 
 
@@ -46,7 +46,7 @@ def gso_frame(src: bytes) -> Frame:
     )
 
 
-def timed_send_batch(lower: PacketLower, frames: list[Frame]) -> float:
+def timed_send_batch(lower: DeviceSocket, frames: list[Frame]) -> float:
     """Nanoseconds per frame for ``send_batch(queue, 64)`` until the queue is empty or stuck."""
     queue = deque(frames)
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def main() -> None:
         sh("ip", "-n", ns_a, "link", "set", "va", "up")
         sh("ip", "-n", ns_b, "link", "set", "vb", "up")
         with entered(ns_b):
-            lower = PacketLower(
+            lower = DeviceSocket(
                 "vb",
                 restore_vlan=not args.no_vlan,
                 ring_size=0 if args.no_ring else DEFAULT_RING_SIZE,

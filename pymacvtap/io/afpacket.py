@@ -114,7 +114,7 @@ def _interface_index(ifname: str) -> int:
         raise OSError(errno.ENODEV, f"{ifname}: no such device") from None
 
 
-class PacketLower:
+class DeviceSocket:
     """An AF_PACKET socket bound to one device of the current network namespace.
 
     ``restore_vlan`` re-inserts VLAN tags stripped by rx offload (from the ring
@@ -239,7 +239,7 @@ class PacketLower:
             self._ring.close()
         self._sock.close()
 
-    def __enter__(self) -> PacketLower:
+    def __enter__(self) -> DeviceSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -455,3 +455,8 @@ def _stripped_vlan(anc: list[tuple[int, int, bytes]]) -> bytes | None:
             if status & TP_STATUS_VLAN_VALID:
                 return vlan_tag(status, tci, tpid)
     return None
+
+
+# The old name, for pymacvtap/daemon.py alone, which is being split into a package
+# and renamed there; delete this line once nothing imports PacketLower.
+PacketLower = DeviceSocket

@@ -1,4 +1,4 @@
-"""PacketLower's receive ring (TPACKET_V2) and its fallback, and send_batch.
+"""DeviceSocket's receive ring (TPACKET_V2) and its fallback, and send_batch.
 
 Every receive test runs in both modes: with the ring, and without
 (``ring_size=0``: one recvmsg per frame, what the socket falls back to when the
@@ -25,7 +25,7 @@ from io_helpers import (
 
 from pymacvtap.core.frame import VIRTIO_NET_HDR_GSO_TCPV4, Frame, VnetHeader
 from pymacvtap.io import afpacket, rxring
-from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.afpacket import DeviceSocket
 from pymacvtap.io.netns import entered
 
 SRC = bytes.fromhex("02000000aa01")
@@ -35,9 +35,9 @@ MODES = {afpacket.DEFAULT_RING_SIZE: "tpacket_v2", 0: "recvmsg"}
 PACKET_FANOUT_LB = 1
 
 
-def _lower(ns: str, ifname: str, **kw: object) -> PacketLower:
+def _lower(ns: str, ifname: str, **kw: object) -> DeviceSocket:
     with entered(ns):
-        return PacketLower(ifname, **kw)  # type: ignore[arg-type]
+        return DeviceSocket(ifname, **kw)  # type: ignore[arg-type]
 
 
 def _ours(frames: list[Frame]) -> list[Frame]:
@@ -313,7 +313,7 @@ def test_send_batch_on_a_full_socket_keeps_the_rest() -> None:
                 raise OSError(errno.ENOBUFS, "full")
             return 60
 
-    lower = PacketLower.__new__(PacketLower)
+    lower = DeviceSocket.__new__(DeviceSocket)
     lower._sendmsg = Full()  # type: ignore[assignment]
     frames = [Frame(bytes([i]) * 60) for i in range(5)]
     queue = deque(frames)
