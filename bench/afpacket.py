@@ -1,6 +1,6 @@
-"""Micro-benchmark of PacketLower's per-frame cost (not a test: run it by hand, as root).
+"""Micro-benchmark of DeviceSocket's per-frame cost (not a test: run it by hand, as root).
 
-``.venv/bin/python -m bench.afpacket [--rounds N] [--frames K]``
+``.venv/bin/python -m bench.afpacket [--rounds N] [--frames K] [--no-vlan] [--no-ring]``
 
 A veth pair in two fresh namespaces; the peer injects K 64-byte frames (untimed), then
 ``recv_batch(64)`` drains them (timed); ``send``/``send_batch`` of K 64-byte frames
@@ -26,7 +26,7 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.afpacket import DEFAULT_RING_SIZE, DeviceSocket
 from pymacvtap.io.netns import entered
 
 
@@ -46,7 +46,7 @@ def gso_frame(src: bytes) -> Frame:
     )
 
 
-def timed_send_batch(lower: PacketLower, frames: list[Frame]) -> float:
+def timed_send_batch(lower: DeviceSocket, frames: list[Frame]) -> float:
     """Nanoseconds per frame for ``send_batch(queue, 64)`` until the queue is empty or stuck."""
     queue = deque(frames)
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--no-vlan", action="store_true", help="restore_vlan=False")
-    ap.add_argument("--ring", type=int, default=None, help="ring version (0: recvmsg)")
+    ap.add_argument("--no-ring", action="store_true", help="ring_size=0: one recvmsg per frame")
     args = ap.parse_args()
     ns_a, ns_b = "pmvt-mb-" + secrets.token_hex(3), "pmvt-mb-" + secrets.token_hex(3)
     for ns in (ns_a, ns_b):
@@ -82,15 +82,12 @@ def main() -> None:
            "netns", ns_b)  # fmt: skip
         sh("ip", "-n", ns_a, "link", "set", "va", "up")
         sh("ip", "-n", ns_b, "link", "set", "vb", "up")
-        kw: dict[str, object] = {"restore_vlan": not args.no_vlan}
-        if args.ring is not None:
-            kw["ring"] = args.ring
         with entered(ns_b):
-            try:
-                lower = PacketLower("vb", **kw)  # type: ignore[arg-type]
-            except TypeError:
-                kw.pop("ring", None)
-                lower = PacketLower("vb", **kw)  # type: ignore[arg-type]
+            lower = DeviceSocket(
+                "vb",
+                restore_vlan=not args.no_vlan,
+                ring_size=0 if args.no_ring else DEFAULT_RING_SIZE,
+            )
         with entered(ns_a):
             inj = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             inj.bind(("va", 0))
@@ -103,7 +100,7 @@ def main() -> None:
         tx_gso: list[float] = []
         big = gso_frame(lower.mac)
         k = args.frames
-        print(f"mode: {getattr(lower, 'mode', 'recvmsg')}, restore_vlan={not args.no_vlan}")
+        print(f"mode: {lower.mode}, restore_vlan={not args.no_vlan}")
         for _ in range(args.rounds):
             lower.recv_batch(100_000)
             for i in range(0, k, 250):

@@ -6,13 +6,13 @@ root (``python -m bench.netdev_choice [--rounds N] [--frames K] [--json FILE]``)
 
 * a "container" namespace with two netdevs: ``tapc``, a tap whose fd this process holds
   (as the daemon does), and ``vethc``, a veth whose peer ``vethd`` sits in a "daemon"
-  namespace, read and written through the daemon's own ``PacketLower`` (a TPACKET_V2 ring
+  namespace, read and written through the daemon's own ``DeviceSocket`` (a TPACKET_V2 ring
   with vnet headers);
 * **from the container**: its UDP socket sends K 64-byte frames through each netdev
   (untimed), then the daemon side reads them (timed): ``Tap.read_batch`` against
-  ``PacketLower.recv_batch``;
+  ``DeviceSocket.recv_batch``;
 * **to the container**: the daemon side writes K 64-byte UDP frames for a socket in the
-  container (timed): ``Tap.write_batch`` against ``PacketLower.send_batch``; each call
+  container (timed): ``Tap.write_batch`` against ``DeviceSocket.send_batch``; each call
   includes the container's receive path, which the kernel runs inside the write;
 * the same with TCP super-frames of 45 segments towards the container (its stack answers the
   unknown connection with a reset, the same for both).
@@ -43,7 +43,7 @@ from pymacvtap.core.frame import (
     Frame,
     VnetHeader,
 )
-from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.afpacket import DeviceSocket
 from pymacvtap.io.netns import entered
 from pymacvtap.io.tap import Tap
 
@@ -102,7 +102,7 @@ class Sides:
            "peer", "name", "vethc", "netns", container)  # fmt: skip
         sh("ip", "-n", daemon, "link", "set", "vethd", "up")
         with entered(daemon):
-            self.peer = PacketLower("vethd")
+            self.peer = DeviceSocket("vethd")
         for kind, dev in (("tap", "tapc"), ("veth", "vethc")):
             net = SUBNET[kind]
             mac = ":".join(f"{b:02x}" for b in CONTAINER_MAC[kind])

@@ -25,7 +25,7 @@ from collections import deque
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac
 from pymacvtap.io import netlink
-from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io.afpacket import DeviceSocket
 from pymacvtap.io.netns import entered
 from pymacvtap.io.tap import Tap
 
@@ -37,7 +37,7 @@ _fanout_ids = itertools.count(0x5000)
 
 
 class VmTapFrontend:
-    def __init__(self, ifname: str, netns: str | None, queues: int, socks: list[PacketLower]):
+    def __init__(self, ifname: str, netns: str | None, queues: int, socks: list[DeviceSocket]):
         self.ifname = ifname
         self.netns = netns
         self.queues = queues
@@ -79,13 +79,13 @@ class VmTapFrontend:
                 owner=0 if owner is None and group is None else owner,
                 group=group,
             ).close()
-        socks: list[PacketLower] = []
+        socks: list[DeviceSocket] = []
         try:
             netlink.set_link(ifname, netns, address=format_mac(mac), mtu=mtu, noarp=True, up=True)
             netlink.disable_ipv6(ifname, netns)
             with entered(netns):
                 for _ in range(queues):
-                    socks.append(PacketLower(ifname, restore_vlan=True, ring_size=VM_RING_SIZE))
+                    socks.append(DeviceSocket(ifname, restore_vlan=True, ring_size=VM_RING_SIZE))
             if queues > 1:
                 group_id = next(_fanout_ids) & 0xFFFF
                 for sock in socks:

@@ -1,8 +1,9 @@
-"""The lower: one Ethernet device, owned through an AF_PACKET socket.
+"""One Ethernet device, owned through an AF_PACKET socket.
 
 Kernel macvlan hooks the lower's receive path; in user space the equivalent is
 a raw packet socket bound to the device, which sees every frame the device
-receives and can put frames on its wire.  The options below make it behave
+receives and can put frames on its wire.  The same socket reads and writes a
+VM tap's queues (``frontends/vmtap.py``).  The options below make it behave
 like that hook rather than like a sniffer:
 
 * ``PACKET_VNET_HDR``: every frame is preceded by a 10-byte ``virtio_net_hdr``
@@ -23,47 +24,37 @@ like that hook rather than like a sniffer:
   alone would lose it.  The tag is taken from the ancillary data and put back,
   as the kernel's macvtap does on read.
 
-Receiving goes through a memory-mapped ring (``PACKET_RX_RING``) when the
-kernel grants one, so that a batch of frames costs no system call at all:
-
-* ``TPACKET_V2`` (the default): fixed 2 KiB slots, each with its own status
-  word.  The kernel wakes the reader for every frame, so a lone frame is
-  delivered at once (no added latency), while under load one wake-up finds
-  many slots ready.  A frame too big for a slot (a GSO super-frame, a jumbo
-  frame) is also queued whole to the socket (``PACKET_COPY_THRESH``): its slot
-  says ``TP_STATUS_COPY`` and it is read with one ``recvmsg`` in ring order.
-* ``TPACKET_V3``: variable-size frames packed into blocks; the kernel hands
-  over a whole block when it is full or when ``tp_retire_blk_tov``
-  milliseconds have passed.  Fewest wake-ups, but a frame may wait up to that
-  timeout: under light load that is latency the V2 ring does not add.
-
-In both the virtio_net_hdr sits right before the frame and a VLAN tag stripped
-by rx offload is read from the frame's ring header (``tp_vlan_tci``).  Where
-no ring can be had, the socket is read with one ``recvmsg_into`` per frame
-into one preallocated buffer shared by all lowers (the daemon has one thread);
-either way each frame's bytes are copied out exactly once.
+Receiving goes through a ``TPACKET_V2`` ring (:mod:`pymacvtap.io.rxring`) when
+the kernel grants one.  Where it does not, the socket is read with one
+``recvmsg_into`` per frame into one preallocated buffer shared by all sockets
+(the daemon has one thread); either way each frame's bytes are copied out
+exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import mmap
 import socket
 import struct
 from collections import deque
 
-from pymacvtap.core.frame import VNET_HDR_LEN, Frame, VnetHeader
+from pymacvtap.core.frame import VNET_HDR_LEN, Frame
+from pymacvtap.io.rxring import (
+    SOL_PACKET,
+    TP_STATUS_VLAN_VALID,
+    RxRing,
+    vlan_tag,
+    vnet_header_at,
+    with_vlan_tag,
+)
 
 # linux/if_packet.h, linux/if_ether.h, asm-generic/socket.h: Python 3.11 has none of them.
-SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_DROP_MEMBERSHIP = 2
-PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
-PACKET_COPY_THRESH = 7
 PACKET_AUXDATA = 8
-PACKET_VERSION = 10
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
 PACKET_FANOUT_QM = 5  # spread by the receive queue the frame was recorded on
@@ -77,38 +68,13 @@ ETH_P_ALL = 0x0003
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SIOCGIFMTU = 0x8921
-TPACKET_V2 = 1
-TPACKET_V3 = 2
-TP_STATUS_KERNEL = 0
-TP_STATUS_USER = 0x1
-TP_STATUS_COPY = 0x2
-TP_STATUS_VLAN_VALID = 0x10
-TP_STATUS_VLAN_TPID_VALID = 0x40
-ETH_P_8021Q = 0x8100
 
 _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
 _AUXDATA = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
 _IFREQ_MTU = struct.Struct("16si12x")  # struct ifreq with ifr_mtu
-_TPACKET_REQ = struct.Struct("IIII")  # struct tpacket_req
-_TPACKET_REQ3 = struct.Struct("IIIIIII")  # struct tpacket_req3
-_TPACKET_STATS_V3 = struct.Struct("III")  # tp_packets, tp_drops, tp_freeze_q_cnt
-# struct tpacket2_hdr: tp_status, tp_len, tp_snaplen, tp_mac, (tp_net, tp_sec, tp_nsec),
-# tp_vlan_tci, tp_vlan_tpid
-_V2_HDR = struct.Struct("<IIIH10xHH4x")
-# struct tpacket3_hdr: tp_next_offset, (tp_sec, tp_nsec), tp_snaplen, tp_len, tp_status,
-# tp_mac, (tp_net, hv1.tp_rxhash), hv1.tp_vlan_tci, hv1.tp_vlan_tpid
-_V3_HDR = struct.Struct("<I8xIIIH6xIH")
-# struct tpacket_block_desc: hdr.bh1.num_pkts, hdr.bh1.offset_to_first_pkt
-_V3_BLOCK = struct.Struct("<II")
-_V3_BLOCK_STATUS = 8  # offset of hdr.bh1.block_status
-_V3_BLOCK_NUM_PKTS = 12
-_TAG = struct.Struct("!HH")
-_STATUS_KERNEL = bytes(4)
+_TPACKET_STATS = struct.Struct("II")  # struct tpacket_stats: tp_packets, tp_drops
 
 DEFAULT_RING_SIZE = 4 << 20  # per socket; a VM tap has one socket per queue
-RING_V2_FRAME_SIZE = 2048  # a 1514-byte frame plus headers; bigger ones take the copy path
-RING_V3_BLOCK_SIZE = 256 << 10  # must hold a 64 KiB GSO super-frame plus headers
-DEFAULT_RING_TIMEOUT_MS = 1  # TPACKET_V3 block retire timeout
 
 # 64 KiB is the default GRO/GSO maximum (gro_max_size); a frame that does not
 # fit is dropped and counted (rx_truncated), never delivered cut short.
@@ -116,13 +82,9 @@ RX_BUFFER_SIZE = VNET_HDR_LEN + 65536 + 1024
 DEFAULT_RCVBUF = 8 << 20
 DEFAULT_SNDBUF = 4 << 20
 _ZERO_VNET = bytes(VNET_HDR_LEN)
-# A received header whose only content is DATA_VALID (flags bit 2: "checksum
-# already verified") is treated as no header: the receiver then verifies the
-# checksum itself, which costs it less than a VnetHeader object per frame
-# costs us.  NEEDS_CSUM (bit 1) and any GSO type are always kept.
 _ANC_SIZE = socket.CMSG_SPACE(_AUXDATA.size)
 
-# One receive buffer for every lower: the daemon reads one socket at a time.
+# One receive buffer for every socket: the daemon reads one socket at a time.
 _rx_buf = bytearray(RX_BUFFER_SIZE)
 _rx_view = memoryview(_rx_buf)
 
@@ -152,17 +114,15 @@ def _interface_index(ifname: str) -> int:
         raise OSError(errno.ENODEV, f"{ifname}: no such device") from None
 
 
-class PacketLower:
-    """An AF_PACKET socket on one interface of the current network namespace.
+class DeviceSocket:
+    """An AF_PACKET socket bound to one device of the current network namespace.
 
     ``restore_vlan`` re-inserts VLAN tags stripped by rx offload (from the ring
     header, or from ``PACKET_AUXDATA`` without a ring).  ``qdisc_bypass`` skips
     the device's qdisc on send: cheaper, but without the queue's backpressure,
-    so it is off by default.  ``ring`` picks the receive ring: ``2``
-    (TPACKET_V2, the default), ``3`` (TPACKET_V3) or ``0`` (none: one
-    ``recvmsg`` per frame); ``ring_size`` is its size in bytes (0: none).  If
-    the kernel refuses the ring the socket falls back to ``recvmsg``:
-    :attr:`mode` tells which.
+    so it is off by default.  ``ring_size`` is the receive ring's size in bytes
+    (0: no ring, one ``recvmsg`` per frame).  If the kernel refuses the ring
+    the socket falls back to ``recvmsg``: :attr:`mode` tells which.
     """
 
     def __init__(
@@ -173,32 +133,18 @@ class PacketLower:
         qdisc_bypass: bool = False,
         rcvbuf: int = DEFAULT_RCVBUF,
         sndbuf: int = DEFAULT_SNDBUF,
-        ring: int = 2,
         ring_size: int = DEFAULT_RING_SIZE,
-        ring_timeout_ms: int = DEFAULT_RING_TIMEOUT_MS,
     ) -> None:
-        if ring not in (0, 2, 3):
-            raise ValueError(f"ring: {ring}: not 0, 2 or 3")
         self.ifname = ifname
         self._ifindex = _interface_index(ifname)
         self._restore_vlan = restore_vlan
         self._unicast: set[bytes] = set()
         self._multicast: set[bytes] = set()
         self._promisc = False
-        self.rx_truncated = 0  # frames bigger than the receive buffer, dropped
+        self._rx_truncated = 0  # frames bigger than the receive buffer, dropped
         self.link_down_events = 0  # ENETDOWN reported by the socket (see _recv_error)
-        self._stats = [0, 0, 0]  # PACKET_STATISTICS, summed (the kernel resets on read)
-        self._ring: mmap.mmap | None = None
-        self._mode = "recvmsg"
-        # Ring geometry and the reader's position in it.
-        self._frame_size = 0  # V2 slot size
-        self._frame_nr = 0
-        self._slot = 0
-        self._block_size = 0  # V3
-        self._block_nr = 0
-        self._block = 0
-        self._pos = 0  # V3: offset of the next frame in the current block
-        self._left = 0  # V3: frames of the current block not yet read
+        self._stats = [0, 0]  # PACKET_STATISTICS, summed (the kernel resets on read)
+        self._ring: RxRing | None = None
         # Protocol 0 receives nothing until bind(): no frame of another
         # interface slips in while the options are being set.
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -212,8 +158,9 @@ class PacketLower:
             _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
             _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
             sock.setblocking(False)
-            if ring and ring_size > 0:
-                self._setup_ring(sock, ring, ring_size, ring_timeout_ms)
+            if ring_size > 0:
+                with contextlib.suppress(OSError):  # refused: read with recvmsg instead
+                    self._ring = RxRing(sock, ring_size, restore_vlan=restore_vlan)
             sock.bind((ifname, ETH_P_ALL))
         except BaseException:
             if self._ring is not None:
@@ -222,55 +169,12 @@ class PacketLower:
             raise
         self._sock = sock
         self._sendmsg = sock.sendmsg
-        if self._mode == "tpacket_v2":
-            self.recv_batch = self._recv_ring_v2  # type: ignore[method-assign]
-        elif self._mode == "tpacket_v3":
-            self.recv_batch = self._recv_ring_v3  # type: ignore[method-assign]
+        if self._ring is not None:
+            self.recv_batch = self._recv_ring  # type: ignore[method-assign]
         elif restore_vlan:
             self.recv_batch = self._recv_batch_aux  # type: ignore[method-assign]
         else:
             self.recv_batch = self._recv_batch_plain  # type: ignore[method-assign]
-
-    def _setup_ring(self, sock: socket.socket, version: int, size: int, timeout_ms: int) -> None:
-        """Map a receive ring; on any refusal leave the socket as it was (recvmsg)."""
-        try:
-            if version == 3:
-                block_size = RING_V3_BLOCK_SIZE
-                block_nr = max(2, size // block_size)
-                frame_size = RING_V2_FRAME_SIZE  # only checked by the kernel for V3
-                frame_nr = block_size // frame_size * block_nr
-                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
-                req = _TPACKET_REQ3.pack(
-                    block_size, block_nr, frame_size, frame_nr, max(1, timeout_ms), 0, 0
-                )
-            else:
-                frame_size = RING_V2_FRAME_SIZE
-                block_size = max(mmap.PAGESIZE, 64 << 10)
-                block_nr = max(1, size // block_size)
-                frame_nr = block_size // frame_size * block_nr
-                sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-                # Frames that do not fit a slot are also queued whole to the socket.
-                sock.setsockopt(SOL_PACKET, PACKET_COPY_THRESH, 1)
-                req = _TPACKET_REQ.pack(block_size, block_nr, frame_size, frame_nr)
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        except OSError:
-            return
-        try:
-            ring = mmap.mmap(
-                sock.fileno(), block_size * block_nr, mmap.MAP_SHARED,
-                mmap.PROT_READ | mmap.PROT_WRITE,
-            )  # fmt: skip
-        except OSError:
-            # Unmapped, the ring would still swallow every frame: take it away again.
-            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, bytes(_TPACKET_REQ3.size))
-            return
-        self._ring = ring
-        if version == 3:
-            self._mode = "tpacket_v3"
-            self._block_size, self._block_nr = block_size, block_nr
-        else:
-            self._mode = "tpacket_v2"
-            self._frame_size, self._frame_nr = frame_size, frame_nr
 
     # -- identity ----------------------------------------------------------------
 
@@ -280,8 +184,14 @@ class PacketLower:
 
     @property
     def mode(self) -> str:
-        """How frames are received: ``tpacket_v2``, ``tpacket_v3`` or ``recvmsg``."""
-        return self._mode
+        """How frames are received: ``tpacket_v2`` (the ring) or ``recvmsg``."""
+        return "recvmsg" if self._ring is None else "tpacket_v2"
+
+    @property
+    def rx_truncated(self) -> int:
+        """Frames too big for the receive buffer, or cut short in a ring slot: dropped."""
+        ring = self._ring
+        return self._rx_truncated + (0 if ring is None else ring.truncated)
 
     @property
     def mac(self) -> bytes:
@@ -311,15 +221,14 @@ class PacketLower:
         """The kernel's receive counters for this socket since it was opened.
 
         ``packets``: frames that reached the socket (delivered or dropped);
-        ``drops``: frames dropped because the ring (or receive buffer) was
-        full; ``freeze_q_cnt``: times a TPACKET_V3 ring ran out of free blocks.
+        ``drops``: frames dropped because the ring (or receive buffer) was full.
         """
-        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS_V3.size)
-        values = _TPACKET_STATS_V3.unpack(raw.ljust(_TPACKET_STATS_V3.size, b"\0"))
+        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
+        packets, drops = _TPACKET_STATS.unpack(raw)
         acc = self._stats
-        for i, v in enumerate(values):
-            acc[i] += v
-        return {"packets": acc[0], "drops": acc[1], "freeze_q_cnt": acc[2]}
+        acc[0] += packets
+        acc[1] += drops
+        return {"packets": acc[0], "drops": acc[1]}
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -328,10 +237,9 @@ class PacketLower:
         """Close the socket; the kernel drops its memberships (unicast filter, promisc)."""
         if self._ring is not None:
             self._ring.close()
-            self._ring = None
         self._sock.close()
 
-    def __enter__(self) -> PacketLower:
+    def __enter__(self) -> DeviceSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -346,35 +254,11 @@ class PacketLower:
         """
         raise NotImplementedError  # pragma: no cover
 
-    def _recv_ring_v2(self, max_frames: int) -> list[Frame]:
-        frames: list[Frame] = []
-        append = frames.append
+    def _recv_ring(self, max_frames: int) -> list[Frame]:
         ring = self._ring
         assert ring is not None
-        unpack_hdr = _V2_HDR.unpack_from
-        restore = self._restore_vlan
-        size = self._frame_size
-        end = size * self._frame_nr
-        off = self._slot
-        count = 0
-        while count < max_frames:
-            status, length, snaplen, mac, tci, tpid = unpack_hdr(ring, off)
-            if not status & TP_STATUS_USER:
-                break
-            if status & TP_STATUS_COPY:
-                # Too big for a slot: the whole frame waits in the socket's queue.
-                frames.extend(self._recv_copy())
-            elif snaplen != length:
-                self.rx_truncated += 1
-            else:
-                append(_ring_frame(ring, off + mac, snaplen, status, tci, tpid, restore))
-            ring[off : off + 4] = _STATUS_KERNEL
-            off += size
-            if off == end:
-                off = 0
-            count += 1
-        self._slot = off
-        if not count:
+        frames = ring.read(max_frames, self._recv_copy)
+        if not frames:
             self._check_error()
         return frames
 
@@ -383,50 +267,6 @@ class PacketLower:
         if self._restore_vlan:
             return self._recv_batch_aux(1)
         return self._recv_batch_plain(1)
-
-    def _recv_ring_v3(self, max_frames: int) -> list[Frame]:
-        frames: list[Frame] = []
-        append = frames.append
-        ring = self._ring
-        assert ring is not None
-        unpack_hdr = _V3_HDR.unpack_from
-        restore = self._restore_vlan
-        block_size = self._block_size
-        base = self._block * block_size
-        pos = self._pos
-        left = self._left
-        count = 0
-        truncated = 0
-        while count < max_frames:
-            if not left:
-                if not ring[base + _V3_BLOCK_STATUS] & TP_STATUS_USER:
-                    break
-                left, first = _V3_BLOCK.unpack_from(ring, base + _V3_BLOCK_NUM_PKTS)
-                pos = base + first
-            take = left if left <= max_frames - count else max_frames - count
-            for _ in range(take):
-                nxt, snaplen, length, status, mac, tci, tpid = unpack_hdr(ring, pos)
-                if snaplen != length:
-                    truncated += 1
-                else:
-                    append(_ring_frame(ring, pos + mac, snaplen, status, tci, tpid, restore))
-                pos += nxt
-            left -= take
-            count += take
-            if not left:
-                # Block read to the end: give it back to the kernel.
-                ring[base + _V3_BLOCK_STATUS : base + _V3_BLOCK_STATUS + 4] = _STATUS_KERNEL
-                base += block_size
-                if base == block_size * self._block_nr:
-                    base = 0
-        self._block = base // block_size
-        self._pos = pos
-        self._left = left
-        if truncated:
-            self.rx_truncated += truncated
-        if not count:
-            self._check_error()
-        return frames
 
     def _check_error(self) -> None:
         """With a ring nothing reads the socket, so a pending error is fetched here."""
@@ -452,11 +292,11 @@ class PacketLower:
                 self._recv_error(exc)
                 break
             if n > limit:
-                self.rx_truncated += 1
+                self._rx_truncated += 1
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = _header_at(buf, 0)
+            vnet = vnet_header_at(buf, 0)
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
 
@@ -478,16 +318,16 @@ class PacketLower:
                 self._recv_error(exc)
                 break
             if n > limit:
-                self.rx_truncated += 1
+                self._rx_truncated += 1
                 continue
             if n < VNET_HDR_LEN:
                 continue
-            vnet = _header_at(buf, 0)
+            vnet = vnet_header_at(buf, 0)
             # PACKET_AUXDATA comes with every frame: tp_status first, VLAN_VALID in byte 0.
             if anc and anc[0][2][0] & TP_STATUS_VLAN_VALID:
                 tag = _stripped_vlan(anc)
                 if tag is not None:
-                    append(_with_tag(view, VNET_HDR_LEN, n, tag, vnet))
+                    append(with_vlan_tag(view, VNET_HDR_LEN, n, tag, vnet))
                     continue
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
@@ -607,61 +447,16 @@ def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
-def _header_at(buf: bytes | bytearray | mmap.mmap, at: int) -> VnetHeader | None:
-    """The vnet header at ``at``, or None when it carries nothing worth keeping.
-
-    An all-zero header, or one with only DATA_VALID, is no header (see
-    ``_ZERO_VNET``): the common small frame then costs no VnetHeader object.
-    """
-    if buf[at] & 1 or buf[at + 1]:
-        return VnetHeader.unpack(buf, at)
-    return None
-
-
-def _ring_frame(
-    ring: mmap.mmap, start: int, snaplen: int, status: int, tci: int, tpid: int, restore: bool
-) -> Frame:
-    """The frame at ``start`` of a ring slot (both ring versions), VLAN tag put back."""
-    vnet = _header_at(ring, start - VNET_HDR_LEN)
-    if status & TP_STATUS_VLAN_VALID and restore:
-        return _retagged(ring, start, start + snaplen, vnet, status, tci, tpid)
-    return Frame(ring[start : start + snaplen], vnet)
-
-
-def _retagged(
-    ring: mmap.mmap,
-    start: int,
-    end: int,
-    vnet: VnetHeader | None,
-    status: int,
-    tci: int,
-    tpid: int,
-) -> Frame:
-    """A ring frame with the VLAN tag the device stripped put back after the MACs."""
-    if not status & TP_STATUS_VLAN_TPID_VALID:
-        tpid = ETH_P_8021Q
-    return _with_tag(ring, start, end, _TAG.pack(tpid, tci), vnet)
-
-
-def _with_tag(
-    buf: mmap.mmap | memoryview, start: int, end: int, tag: bytes, vnet: VnetHeader | None
-) -> Frame:
-    """The frame ``buf[start:end]`` with ``tag`` put back after its MAC addresses."""
-    data = b"".join((buf[start : start + 12], tag, buf[start + 12 : end]))
-    # csum_start already counts the tag (the kernel reports offsets for the frame
-    # as it will be re-tagged); hdr_len does not.
-    if vnet is not None and vnet.hdr_len:
-        vnet = vnet.replace(hdr_len=min(vnet.hdr_len + 4, len(data)))
-    return Frame(data, vnet)
-
-
 def _stripped_vlan(anc: list[tuple[int, int, bytes]]) -> bytes | None:
     """The 4-byte 802.1Q/802.1ad tag the device stripped, from PACKET_AUXDATA, if any."""
     for level, kind, data in anc:
         if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
             status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
             if status & TP_STATUS_VLAN_VALID:
-                if not status & TP_STATUS_VLAN_TPID_VALID:
-                    tpid = ETH_P_8021Q
-                return _TAG.pack(tpid, tci)
+                return vlan_tag(status, tci, tpid)
     return None
+
+
+# The old name, for pymacvtap/daemon.py alone, which is being split into a package
+# and renamed there; delete this line once nothing imports PacketLower.
+PacketLower = DeviceSocket

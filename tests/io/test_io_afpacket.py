@@ -1,4 +1,4 @@
-"""PacketLower on a real veth / tap: receive, send, offloads, filters."""
+"""DeviceSocket on a real veth / tap: receive, send, offloads, filters."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pymacvtap.core.frame import (
     VnetHeader,
 )
 from pymacvtap.io import netlink
-from pymacvtap.io.afpacket import FrameRejected, PacketLower
+from pymacvtap.io.afpacket import DeviceSocket, FrameRejected
 from pymacvtap.io.netns import entered
 from pymacvtap.io.tap import Tap
 
@@ -35,9 +35,9 @@ SRC = bytes.fromhex("02000000aa01")
 FOREIGN = bytes.fromhex("02000000bb02")
 
 
-def _lower(ns: str, ifname: str, **kw: bool) -> PacketLower:
+def _lower(ns: str, ifname: str, **kw: bool) -> DeviceSocket:
     with entered(ns):
-        return PacketLower(ifname, **kw)
+        return DeviceSocket(ifname, **kw)
 
 
 def _mac(ns: str, ifname: str) -> bytes:
@@ -52,7 +52,7 @@ def _ours(frames: list[Frame]) -> list[Frame]:
     return [f for f in frames if f.ethertype == ETH_P_EXPERIMENTAL]
 
 
-def _drain(lower: PacketLower, settle: float = 0.1) -> list[Frame]:
+def _drain(lower: DeviceSocket, settle: float = 0.1) -> list[Frame]:
     time.sleep(settle)
     return lower.recv_batch(10_000)
 

@@ -1,7 +1,8 @@
-"""PacketLower's receive rings (TPACKET_V2, TPACKET_V3) and their fallback, and send_batch.
+"""DeviceSocket's receive ring (TPACKET_V2) and its fallback, and send_batch.
 
-Every receive test runs in the three modes: ``ring=2``, ``ring=3`` and ``ring=0``
-(one recvmsg per frame, what the socket falls back to when the kernel refuses a ring).
+Every receive test runs in both modes: with the ring, and without
+(``ring_size=0``: one recvmsg per frame, what the socket falls back to when the
+kernel refuses a ring).
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ from io_helpers import (
 )
 
 from pymacvtap.core.frame import VIRTIO_NET_HDR_GSO_TCPV4, Frame, VnetHeader
-from pymacvtap.io import afpacket
-from pymacvtap.io.afpacket import PacketLower
+from pymacvtap.io import afpacket, rxring
+from pymacvtap.io.afpacket import DeviceSocket
 from pymacvtap.io.netns import entered
 
 SRC = bytes.fromhex("02000000aa01")
 FOREIGN = bytes.fromhex("02000000bb02")
 BCAST = b"\xff" * 6
-MODES = {2: "tpacket_v2", 3: "tpacket_v3", 0: "recvmsg"}
+MODES = {afpacket.DEFAULT_RING_SIZE: "tpacket_v2", 0: "recvmsg"}
 PACKET_FANOUT_LB = 1
 
 
-def _lower(ns: str, ifname: str, **kw: object) -> PacketLower:
+def _lower(ns: str, ifname: str, **kw: object) -> DeviceSocket:
     with entered(ns):
-        return PacketLower(ifname, **kw)  # type: ignore[arg-type]
+        return DeviceSocket(ifname, **kw)  # type: ignore[arg-type]
 
 
 def _ours(frames: list[Frame]) -> list[Frame]:
@@ -59,25 +60,21 @@ def _readable(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-@pytest.fixture(params=sorted(MODES))
-def ring(request: pytest.FixtureRequest) -> int:
+@pytest.fixture(params=sorted(MODES), ids=lambda size: MODES[size])
+def ring_size(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
-def test_mode_is_reported(veth: Veth, ring: int) -> None:
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
-        assert lower.mode == MODES[ring]
-    with _lower(veth.ns_b, veth.b, ring=ring, ring_size=0) as lower:
-        assert lower.mode == "recvmsg"
+def test_mode_is_reported(veth: Veth, ring_size: int) -> None:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
+        assert lower.mode == MODES[ring_size]
     with _lower(veth.ns_b, veth.b) as lower:
         assert lower.mode == "tpacket_v2"  # the default
-    with pytest.raises(ValueError):
-        _lower(veth.ns_b, veth.b, ring=1)
 
 
-def test_many_small_frames_arrive_in_order(veth: Veth, ring: int) -> None:
+def test_many_small_frames_arrive_in_order(veth: Veth, ring_size: int) -> None:
     inj = RawSocket(veth.ns_a, veth.a)
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         sent = _numbered(1500)
         _inject(inj, sent)
         got = collect(lambda: _ours(lower.recv_batch(64)), lower.fileno(), len(sent), 3.0)
@@ -89,10 +86,10 @@ def test_many_small_frames_arrive_in_order(veth: Veth, ring: int) -> None:
     inj.close()
 
 
-def test_frames_of_every_size_up_to_the_mtu(veth: Veth, ring: int) -> None:
+def test_frames_of_every_size_up_to_the_mtu(veth: Veth, ring_size: int) -> None:
     """Around the V2 slot size too (1514 bytes fit a 2 KiB slot, headers included)."""
     inj = RawSocket(veth.ns_a, veth.a)
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         sent = [eth_frame(BCAST, SRC, bytes([n % 251]) * n) for n in (46, 47, 500, 1499, 1500)]
         _inject(inj, sent)
         got = collect(lambda: _ours(lower.recv_batch(64)), lower.fileno(), len(sent))
@@ -100,13 +97,13 @@ def test_frames_of_every_size_up_to_the_mtu(veth: Veth, ring: int) -> None:
     inj.close()
 
 
-def test_partially_consumed_ring(veth: Veth, ring: int) -> None:
-    """recv_batch stops at its limit mid-block and resumes there; readiness stays up."""
+def test_partially_consumed_ring(veth: Veth, ring_size: int) -> None:
+    """recv_batch stops at its limit and resumes there; readiness stays up."""
     inj = RawSocket(veth.ns_a, veth.a)
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         sent = _numbered(300)
         _inject(inj, sent)
-        time.sleep(0.05)  # V3: the block is retired after 1 ms
+        time.sleep(0.05)
         got: list[Frame] = []
         while len(got) < len(sent):
             assert _readable(lower.fileno())
@@ -115,7 +112,7 @@ def test_partially_consumed_ring(veth: Veth, ring: int) -> None:
             got.extend(_ours(batch))
         assert [f.data for f in got] == sent
         assert lower.recv_batch(7) == []
-        # And again, with the reader starting in the middle of a block.
+        # And again, with the reader starting in the middle of the ring.
         more = _numbered(50)
         _inject(inj, more)
         got2 = collect(lambda: _ours(lower.recv_batch(3)), lower.fileno(), len(more))
@@ -123,7 +120,7 @@ def test_partially_consumed_ring(veth: Veth, ring: int) -> None:
     inj.close()
 
 
-def test_vlan_tag_is_restored(veth: Veth, ring: int) -> None:
+def test_vlan_tag_is_restored(veth: Veth, ring_size: int) -> None:
     inj = RawSocket(veth.ns_a, veth.a)
     tagged = [
         BCAST + SRC + b"\x81\x00" + vid.to_bytes(2, "big") + b"\x88\xb5" + b"tag".ljust(46, b".")
@@ -131,8 +128,8 @@ def test_vlan_tag_is_restored(veth: Veth, ring: int) -> None:
     ]
     plain = eth_frame(BCAST, SRC, b"plain".ljust(46, b"."))
     with (
-        _lower(veth.ns_b, veth.b, ring=ring) as lower,
-        _lower(veth.ns_b, veth.b, ring=ring, restore_vlan=False) as raw,
+        _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower,
+        _lower(veth.ns_b, veth.b, ring_size=ring_size, restore_vlan=False) as raw,
     ):
         _inject(inj, [*tagged, plain])
         got = collect(lambda: lower.recv_batch(8), lower.fileno(), 4)
@@ -142,9 +139,9 @@ def test_vlan_tag_is_restored(veth: Veth, ring: int) -> None:
     inj.close()
 
 
-def test_own_transmissions_are_not_received(veth: Veth, ring: int) -> None:
+def test_own_transmissions_are_not_received(veth: Veth, ring_size: int) -> None:
     cap = RawSocket(veth.ns_a, veth.a)
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         frames = deque(Frame(eth_frame(FOREIGN, lower.mac, bytes([i]) * 60)) for i in range(5))
         assert lower.send_batch(frames) == (5, 0)
         assert cap.recv_all(lambda d: d[12:14] == b"\x88\xb5", count=5)
@@ -153,12 +150,12 @@ def test_own_transmissions_are_not_received(veth: Veth, ring: int) -> None:
     cap.close()
 
 
-def test_tcp_stream_arrives_as_gso_super_frames(veth: Veth, ring: int) -> None:
-    """GRO super-frames with their vnet header: V3 in its blocks, V2 by the copy path."""
+def test_tcp_stream_arrives_as_gso_super_frames(veth: Veth, ring_size: int) -> None:
+    """GRO super-frames with their vnet header: by the ring's copy path, or recvmsg."""
     sh("ip", "-n", veth.ns_a, "addr", "add", "10.79.0.1/24", "dev", veth.a)
     sh("ip", "-n", veth.ns_b, "addr", "add", "10.79.0.2/24", "dev", veth.b)
     total = 4 << 20
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         with entered(veth.ns_b):
             server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             server.bind(("10.79.0.2", 5002))
@@ -209,11 +206,12 @@ def test_tcp_stream_arrives_as_gso_super_frames(veth: Veth, ring: int) -> None:
         assert seen >= total * 0.99, (len(tcp), len(gso), stats)
 
 
-def test_ring_statistics_count_drops(veth: Veth, ring: int) -> None:
+def test_ring_statistics_count_drops(veth: Veth, ring_size: int) -> None:
     inj = RawSocket(veth.ns_a, veth.a)
-    # V2: 64 KiB = 32 slots; V3: 2 blocks of 256 KiB; recvmsg: a small receive buffer.
-    with _lower(veth.ns_b, veth.b, ring=ring, ring_size=64 << 10, rcvbuf=64 << 10) as lower:
-        sent = _numbered(6000 if ring == 3 else 600)
+    # The ring: 64 KiB = 32 slots; recvmsg: a small receive buffer.
+    size = 64 << 10 if ring_size else 0
+    with _lower(veth.ns_b, veth.b, ring_size=size, rcvbuf=64 << 10) as lower:
+        sent = _numbered(600)
         _inject(inj, sent)
         time.sleep(0.05)
         first = lower.stats()
@@ -223,8 +221,6 @@ def test_ring_statistics_count_drops(veth: Veth, ring: int) -> None:
         assert 0 < len(got) < len(sent)
         nums = [int.from_bytes(f.data[14:18], "big") for f in got]
         assert nums == sorted(nums)
-        if ring == 3:
-            assert first["freeze_q_cnt"] > 0
         second = lower.stats()  # cumulative, though the kernel resets on read
         assert second["drops"] >= first["drops"]
         assert second["packets"] >= first["packets"]
@@ -235,26 +231,24 @@ def test_fallback_when_the_kernel_refuses_the_ring(
     veth: Veth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Geometry the kernel rejects (EINVAL): the socket reads with recvmsg instead."""
-    monkeypatch.setattr(afpacket, "RING_V2_FRAME_SIZE", 2047)  # not TPACKET_ALIGNMENT
-    monkeypatch.setattr(afpacket, "RING_V3_BLOCK_SIZE", 1000)  # not page-aligned
+    monkeypatch.setattr(rxring, "RING_V2_FRAME_SIZE", 2047)  # not TPACKET_ALIGNMENT
     inj = RawSocket(veth.ns_a, veth.a)
     tagged = BCAST + SRC + b"\x81\x00\x00\x07" + b"\x88\xb5" + b"tagged".ljust(46, b".")
-    for ring in (2, 3):
-        with _lower(veth.ns_b, veth.b, ring=ring) as lower:
-            assert lower.mode == "recvmsg"
-            sent = [*_numbered(20), tagged]
-            _inject(inj, sent)
-            got = collect(
-                lambda: [f for f in lower.recv_batch(8) if f.src == SRC], lower.fileno(), len(sent)
-            )
-            assert [f.data for f in got] == sent  # type: ignore[attr-defined]
-            assert lower.stats()["drops"] == 0
+    with _lower(veth.ns_b, veth.b) as lower:
+        assert lower.mode == "recvmsg"
+        sent = [*_numbered(20), tagged]
+        _inject(inj, sent)
+        got = collect(
+            lambda: [f for f in lower.recv_batch(8) if f.src == SRC], lower.fileno(), len(sent)
+        )
+        assert [f.data for f in got] == sent  # type: ignore[attr-defined]
+        assert lower.stats()["drops"] == 0
     inj.close()
 
 
-def test_lower_down_and_up_again(veth: Veth, ring: int) -> None:
+def test_lower_down_and_up_again(veth: Veth, ring_size: int) -> None:
     inj = RawSocket(veth.ns_a, veth.a)
-    with _lower(veth.ns_b, veth.b, ring=ring) as lower:
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
         sh("ip", "-n", veth.ns_b, "link", "set", veth.b, "down")
         assert _readable(lower.fileno())  # POLLERR
         assert lower.recv_batch(8) == []
@@ -268,10 +262,11 @@ def test_lower_down_and_up_again(veth: Veth, ring: int) -> None:
     inj.close()
 
 
-def test_fanout_with_rings(veth: Veth, ring: int) -> None:
+def test_fanout_with_rings(veth: Veth, ring_size: int) -> None:
     """Every frame reaches exactly one socket of the group (round robin here)."""
     inj = RawSocket(veth.ns_a, veth.a)
-    lowers = [_lower(veth.ns_b, veth.b, ring=ring, ring_size=1 << 20) for _ in range(2)]
+    size = 1 << 20 if ring_size else 0
+    lowers = [_lower(veth.ns_b, veth.b, ring_size=size) for _ in range(2)]
     try:
         for lower in lowers:
             lower.join_fanout(0x4242, PACKET_FANOUT_LB)
@@ -318,7 +313,7 @@ def test_send_batch_on_a_full_socket_keeps_the_rest() -> None:
                 raise OSError(errno.ENOBUFS, "full")
             return 60
 
-    lower = PacketLower.__new__(PacketLower)
+    lower = DeviceSocket.__new__(DeviceSocket)
     lower._sendmsg = Full()  # type: ignore[assignment]
     frames = [Frame(bytes([i]) * 60) for i in range(5)]
     queue = deque(frames)
