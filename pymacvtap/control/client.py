@@ -17,9 +17,10 @@ from pymacvtap.control.protocol import (
     ReplyDecoder,
     encode_request,
 )
+from pymacvtap.defaults import CONTROL_SOCKET, SOCKET_ENV
 
-DEFAULT_SOCKET = "/run/pymacvtap/control.sock"
-ENV_SOCKET = "PYMACVTAP_SOCKET"
+DEFAULT_SOCKET = CONTROL_SOCKET  # the names the CLI imports
+ENV_SOCKET = SOCKET_ENV
 MAX_FDS = 253  # SCM_MAX_FD
 _RECV = 65536
 

@@ -7,6 +7,7 @@ from collections import deque
 from pymacvtap.core.mac import BROADCAST
 from pymacvtap.core.modes import Mode
 from pymacvtap.core.stats import EndpointStats
+from pymacvtap.defaults import BCQUEUELEN
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from pymacvtap.core.port import Port
 
 DEFAULT_RX_QUEUE_LEN = 500  # macvtap's tx_queue_len (TUN_READQ_SIZE)
-DEFAULT_BCQUEUELEN = 1000  # MACVLAN_DEFAULT_BC_QUEUE_LEN
+DEFAULT_BCQUEUELEN = BCQUEUELEN
 
 
 class Endpoint:

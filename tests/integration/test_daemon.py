@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pymacvtap.state import StateStore
+from pymacvtap.daemon.state import StateStore
 from tests.integration.conftest import LOWER_MAC, Containers
 from tests.lab import Lab, PacketSocket, ip, ip_json
 from tests.lab.daemon import DaemonProcess, wait_until

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pymacvtap import __version__
-from pymacvtap.metrics import parse_address
+from pymacvtap.daemon.metrics import parse_address
 from tests.lab import Lab, ip, socket_in
 from tests.lab.daemon import wait_until
 from tests.lab.readme import code_blocks, expand_braces, readme_section

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from pymacvtap.state import StateStore
+from pymacvtap.daemon.state import StateStore
 from tests.integration.conftest import Containers
 from tests.lab import Lab, ip
 from tests.lab.daemon import DaemonProcess
