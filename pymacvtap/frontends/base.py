@@ -70,7 +70,7 @@ class FrontendDefaults:
     level_triggered = False
 
     def set_carrier(self, on: bool) -> None:
-        """Nothing shows a carrier: the user sees the lower's state in dropped frames."""
+        """No carrier to show: only a netdev has one (a VM's port shows none)."""
 
     def open_queue_fds(self, count: int, owner: int | None, group: int | None) -> list[int]:
         raise OSError(errno.EOPNOTSUPP, "this frontend has no queue fds to hand out")
