@@ -49,8 +49,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import CollectorRegistry
 
 from pymacvtap import __version__
-from pymacvtap.daemon import view
 from pymacvtap.daemon.runtime import EndpointRuntime, LowerRuntime
+from pymacvtap.daemon.view import counters as endpoint_counters
+from pymacvtap.daemon.view import engine_drops
 
 ENDPOINT_LABELS = ["endpoint", "lower", "mode", "type"]
 _ENDPOINT_COUNTERS = (
@@ -121,10 +122,10 @@ class DaemonCollector:
         for rt in endpoints:
             cfg, ep = rt.cfg, rt.ep
             labels = [cfg.name, cfg.link, ep.mode.label, cfg.type]
-            stats = view.counters(rt)  # the numbers of `link show -s`
+            stats = endpoint_counters(rt)  # the numbers of `link show -s`
             for (direction, name), family in counters.items():
                 family.add_metric(labels, stats[direction][name])
-            for reason, value in view.engine_drops(ep).items():
+            for reason, value in engine_drops(ep).items():
                 drops.add_metric([*labels, reason], value)
             up.add_metric(labels, 1 if ep.up else 0)
             rxq.add_metric(labels, len(ep.rx_queue))

@@ -23,7 +23,6 @@ from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
-from pymacvtap.daemon import view
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath, SoftwarePath
 from pymacvtap.daemon.follow import KernelFollower
@@ -31,6 +30,7 @@ from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
 from pymacvtap.daemon.state import StateError, StateStore
+from pymacvtap.daemon.view import show
 from pymacvtap.io import netlink
 from pymacvtap.io.loop import Loop
 from pymacvtap.io.netns import netns_exists
@@ -110,7 +110,7 @@ class EndpointService:
             raise
         self.datapath.attach_endpoint(rt)
         self.emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
-        return view.show(rt, stats=False)
+        return show(rt, stats=False)
 
     def link_set(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         where = f"link set {name}"
@@ -145,7 +145,7 @@ class EndpointService:
             raise ConfigError("EINVAL", f"{where}: {exc}") from None
         self.save(where, put=[rt.config()])
         self.emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
-        return view.show(rt, stats=False)
+        return show(rt, stats=False)
 
     def link_del(self, name: str) -> None:
         rt = self._endpoint(name, f"link del {name}")
@@ -154,8 +154,8 @@ class EndpointService:
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
         if name is not None:
-            return [view.show(self._endpoint(name, f"link show {name}"), stats)]
-        return [view.show(rt, stats) for rt in self.endpoints.values()]
+            return [show(self._endpoint(name, f"link show {name}"), stats)]
+        return [show(rt, stats) for rt in self.endpoints.values()]
 
     def endpoint_access(self, name: str) -> tuple[int | None, int | None]:
         rt = self._endpoint(name, name)
