@@ -190,7 +190,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         batches = _fmt(_get(prof, "batches"))
         rows.append(
             Row(
-                f"  Daemon._captured calls, nobody capturing (cProfile, udp64, {batches} batches)",
+                f"  _captured calls, nobody capturing (cProfile, udp64, {batches} batches)",
                 "",
                 "error" if "error" in prof else _fmt(calls),
                 "",

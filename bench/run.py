@@ -5,7 +5,7 @@ a hairpin bridge port; see :mod:`bench.setups`), the same measurements on each, 
 test, then the daemon's scale.  Prints one table and writes every raw number as JSON.
 
 ``capture`` measures 64-byte UDP with and without ``pymacvtap capture`` on c2, then counts
-the calls to ``Daemon._captured`` in a short cProfile run of a daemon nobody captures on.
+the calls to ``SoftwarePath._captured`` in a short cProfile run of a daemon nobody captures on.
 
 ``vm`` boots a QEMU guest (TCG) on each setup's lower — a kernel macvtap, a pymacvtap
 macvtap endpoint with frontend tap, one with frontend vhost-user — and measures ping and TCP
@@ -491,7 +491,7 @@ def run_profile(cfg: Config, workdir: Path, top: int = 25) -> dict[str, Any]:
 
 
 def capture_profile(cfg: Config, lab: Lab, workdir: Path) -> dict[str, Any]:
-    """Calls to ``Daemon._captured`` while udp64 runs with nobody capturing (must be 0).
+    """Calls to ``SoftwarePath._captured`` while udp64 runs with nobody capturing (must be 0).
 
     ``batches`` counts the data path's reader calls (the daemon's ``on_readable``
     closures), to show that the profile saw the traffic.
@@ -504,7 +504,7 @@ def capture_profile(cfg: Config, lab: Lab, workdir: Path) -> dict[str, Any]:
     calls = {"_captured": 0, "on_readable": 0}
     stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
     for (filename, _line, function), (_cc, ncalls, *_) in stats.items():
-        if filename.endswith("pymacvtap/daemon.py") and function in calls:
+        if filename.endswith("pymacvtap/daemon/datapath.py") and function in calls:
             calls[function] += ncalls
     return {
         "captured_calls": calls["_captured"],

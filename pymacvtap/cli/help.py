@@ -7,7 +7,7 @@ chooses which one to show.
 from __future__ import annotations
 
 from pymacvtap.cli.fields import json_option_help
-from pymacvtap.control.client import DEFAULT_SOCKET
+from pymacvtap.defaults import BCQUEUELEN, CONTROL_SOCKET, STATE_DIR
 
 HELP_TOP = """\
 pymacvtap - user-space macvlan/macvtap endpoints, managed like `ip link`
@@ -169,7 +169,7 @@ OPTIONS
     group GID          group (name or number) likewise
     queues N           macvtap tap and vhost-user: number of queues (1-256, default 1)
     mtu N              the endpoint's MTU (68-65535, default the lower's)
-    bcqueuelen N       length of the broadcast queue (default 1000)
+    bcqueuelen N       length of the broadcast queue (default {bcqueuelen})
     spoofchk on|off    drop frames the endpoint sends with a source MAC not its own
                        (default off)
     nopromisc          passthru only: do not make the lower promiscuous
@@ -326,7 +326,7 @@ DESCRIPTION
 OPTIONS
     --socket PATH        the control socket (default $PYMACVTAP_SOCKET, else
                          {default}); created mode 0666, its directory 0755
-    --state-dir DIR      where the configuration is saved (default /var/lib/pymacvtap)
+    --state-dir DIR      where the configuration is saved (default {state_dir})
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
 
@@ -337,9 +337,16 @@ EXAMPLES
 
 
 def fill(text: str) -> str:
-    """The text with ``{default}`` replaced by the default control socket, and ``{json_option}``
-    by the ``-j`` paragraph written from the JSON schema (read only for the help that shows it).
+    """The text with ``{default}``, ``{state_dir}`` and ``{bcqueuelen}`` replaced by the defaults,
+    and ``{json_option}`` by the ``-j`` paragraph written from the JSON schema (read only for
+    the help that shows it).
     """
     if "{json_option}" in text:
         text = text.replace("{json_option}", json_option_help())
-    return text.replace("{default}", DEFAULT_SOCKET)
+    for word, value in (
+        ("{default}", CONTROL_SOCKET),
+        ("{state_dir}", STATE_DIR),
+        ("{bcqueuelen}", str(BCQUEUELEN)),
+    ):
+        text = text.replace(word, value)
+    return text

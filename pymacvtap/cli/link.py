@@ -24,9 +24,9 @@ from pymacvtap.cli.words import (
     take_name,
     wants_help,
 )
-from pymacvtap.config import FRONTENDS, TYPES
 from pymacvtap.control.protocol import MACADDR_OPS
 from pymacvtap.core.modes import MODE_BY_NAME
+from pymacvtap.daemon.config import FRONTENDS, TYPES
 
 MODES = tuple(MODE_BY_NAME)
 

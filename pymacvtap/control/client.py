@@ -17,16 +17,15 @@ from pymacvtap.control.protocol import (
     ReplyDecoder,
     encode_request,
 )
+from pymacvtap.defaults import CONTROL_SOCKET, SOCKET_ENV
 
-DEFAULT_SOCKET = "/run/pymacvtap/control.sock"
-ENV_SOCKET = "PYMACVTAP_SOCKET"
 MAX_FDS = 253  # SCM_MAX_FD
 _RECV = 65536
 
 
 def socket_path(path: str | None = None) -> str:
     """The control socket: the argument, else $PYMACVTAP_SOCKET, else the default."""
-    return path or os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
+    return path or os.environ.get(SOCKET_ENV) or CONTROL_SOCKET
 
 
 class ClientError(Exception):

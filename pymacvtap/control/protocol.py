@@ -385,7 +385,7 @@ def check_args(verb: str, args: dict[str, Any]) -> None:
 
     Raises ProtocolError (code EINVAL, or EOPNOTSUPP for an unknown verb) with a
     message naming the bad argument.  ``link.add`` arguments are the
-    :class:`pymacvtap.config.EndpointConfig` attributes, checked by it.
+    endpoint's configuration, checked by the service.
     """
     if verb not in VERBS:
         raise ProtocolError(

@@ -38,7 +38,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pymacvtap import __version__
-from pymacvtap.config import EndpointConfig
 from pymacvtap.control import auth
 from pymacvtap.control.auth import Caller
 from pymacvtap.control.protocol import (
@@ -72,7 +71,8 @@ LINGER_BYTES = 4 * MAX_MESSAGE  # and how much more it may send meanwhile
 class Service(Protocol):
     """What the daemon implements for the control socket (see the module docstring)."""
 
-    def link_add(self, cfg: EndpointConfig) -> dict[str, Any]: ...
+    def link_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args``: the endpoint's attributes as the request has them; the service checks them."""
 
     def link_set(self, name: str, changes: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -360,7 +360,7 @@ class ControlServer:
             return self.service.attach(name, int(queues) if queues is not None else None)
         assert name is not None or verb == "monitor"
         if verb == "link.add":
-            return self.service.link_add(EndpointConfig.from_dict(dict(args)))
+            return self.service.link_add(dict(args))
         if verb == "link.set":
             assert name is not None
             return self.service.link_set(name, dict(args["changes"]))

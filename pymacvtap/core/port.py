@@ -40,6 +40,7 @@ from pymacvtap.core.modes import (
     Mode,
 )
 from pymacvtap.core.stats import DropReason, EndpointStats, LowerStats
+from pymacvtap.defaults import BCQUEUELEN
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TX_QUEUE_LEN = 4096
 DEFAULT_RX_QUEUE_LEN = 500  # macvtap's tx_queue_len (TUN_READQ_SIZE)
-DEFAULT_BCQUEUELEN = 1000  # MACVLAN_DEFAULT_BC_QUEUE_LEN
+DEFAULT_BCQUEUELEN = BCQUEUELEN  # MACVLAN_DEFAULT_BC_QUEUE_LEN
 
 # Module constants for the unrolled paths: a global is cheaper than an enum attribute
 # (``Mode.BRIDGE`` goes through the enum metaclass on every lookup).

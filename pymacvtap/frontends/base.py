@@ -1,11 +1,18 @@
-"""What the daemon needs from any frontend: fds to read, a queue to write out, close."""
+"""The contract between the daemon and a frontend: everything the daemon asks of one."""
 
 from __future__ import annotations
 
+import errno
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from pymacvtap.core.frame import Frame
+
+# How many frames one write() call may push before yielding to the loop.
+WRITE_BUDGET = 256
+
+QueueStats = Sequence[Mapping[str, int | str]]
 
 
 class Frontend(Protocol):
@@ -17,17 +24,24 @@ class Frontend(Protocol):
     send and returns the fd to wait on for writability when the peer is full
     (backpressure instead of spinning), or None when the queue is drained.
 
-    A frontend whose fds stay readable while frames are left unread may say
-    so with a class attribute ``level_triggered = True``; the daemon then reads
-    a lone frame without the extra read that would find the fd empty.  (Not
-    for a frontend whose wake-up is consumed by reading, like a vhost-user
-    kick eventfd: a frame left behind would wait for the next kick.)
+    ``level_triggered``: the fds stay readable while frames are left unread, so
+    the daemon may read a lone frame without the extra read that would find the
+    fd empty.  (False for a frontend whose wake-up is consumed by reading, like a
+    vhost-user kick eventfd: a frame left behind would wait for the next kick.)
 
     Frames the engine delivered that the frontend then could not hand over
     (no VM connected, device down, a broken offload header) are counted in
     ``dropped``; malformed input from the user (bad framing) in ``errors``.
     The daemon adds them to the endpoint's rx_dropped and tx_errors.
+
+    The rest have defaults in :class:`FrontendDefaults` for the frontends they
+    do not concern: ``set_carrier`` (a netdev shows its lower's carrier),
+    ``open_queue_fds`` (a VM's tap hands out queue fds), ``queue_stats``
+    (per-queue counters, for ``link show -s``).
     """
+
+    @property
+    def level_triggered(self) -> bool: ...
 
     @property
     def dropped(self) -> int: ...
@@ -41,4 +55,25 @@ class Frontend(Protocol):
 
     def write(self, queue: deque[Frame]) -> int | None: ...
 
+    def set_carrier(self, on: bool) -> None: ...
+
+    def open_queue_fds(self, count: int, owner: int | None, group: int | None) -> list[int]: ...
+
+    def queue_stats(self) -> QueueStats | None: ...
+
     def close(self, *, delete: bool) -> None: ...
+
+
+class FrontendDefaults:
+    """What a frontend that has no carrier, no queue fds and no queue counters answers."""
+
+    level_triggered = False
+
+    def set_carrier(self, on: bool) -> None:
+        """No carrier to show: only a netdev has one (a VM's port shows none)."""
+
+    def open_queue_fds(self, count: int, owner: int | None, group: int | None) -> list[int]:
+        raise OSError(errno.EOPNOTSUPP, "this frontend has no queue fds to hand out")
+
+    def queue_stats(self) -> QueueStats | None:
+        return None

@@ -13,13 +13,14 @@ import socket
 from collections import deque
 
 from pymacvtap.core.frame import Frame
+from pymacvtap.frontends.base import FrontendDefaults
 from pymacvtap.frontends.unix import bind_unix, unlink_socket
 from pymacvtap.virtio.offload import OffloadError, to_plain
 
 MAX_DATAGRAM = 65536 + 14 + 4
 
 
-class DgramFrontend:
+class DgramFrontend(FrontendDefaults):
     def __init__(
         self, path: str, owner: int | None, group: int | None, peer: str | None = None
     ) -> None:

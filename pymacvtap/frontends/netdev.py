@@ -18,15 +18,13 @@ from collections import deque
 
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac
+from pymacvtap.frontends.base import WRITE_BUDGET, FrontendDefaults
 from pymacvtap.io import netlink
 from pymacvtap.io.netns import entered
 from pymacvtap.io.tap import Tap
 
-# How many frames one write() call may push before yielding to the loop.
-WRITE_BUDGET = 256
 
-
-class NetdevFrontend:
+class NetdevFrontend(FrontendDefaults):
     """A persistent tap netdev in a namespace, read and written by the daemon."""
 
     # Frames left unread keep the tap fd readable: a read may stop at any count.

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from pymacvtap.core.frame import Frame
+from pymacvtap.frontends.base import FrontendDefaults
 from pymacvtap.frontends.unix import bind_unix, unlink_socket
 from pymacvtap.virtio.offload import OffloadError, to_plain
 
@@ -29,7 +30,7 @@ READ_SIZE = 256 * 1024
 OUTPUT_HIGH_WATER = 512 * 1024
 
 
-class StreamFrontend:
+class StreamFrontend(FrontendDefaults):
     """A listening socket plus at most one connected VM."""
 
     def __init__(

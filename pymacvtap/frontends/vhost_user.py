@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Callable
 
 from pymacvtap.core.frame import Frame, VnetHeader
+from pymacvtap.frontends.base import WRITE_BUDGET, FrontendDefaults
 from pymacvtap.virtio import messages as m
 from pymacvtap.virtio.actions import (
     KICKS_CHANGED,
@@ -66,13 +67,12 @@ from pymacvtap.virtio.device import Device
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_READ = 256
-WRITE_BUDGET = 256
 _GATE_CLOSED = 0xFFFFFFFFFFFFFFFE  # an eventfd at this count is not writable
 
 FdsChanged = Callable[[], None]
 
 
-class VhostUserFrontend:
+class VhostUserFrontend(FrontendDefaults):
     """A vhost-user net back-end on a listening Unix socket: one front-end at a time."""
 
     def __init__(self, path: str, listener: socket.socket, queues: int = 1) -> None:

@@ -24,19 +24,19 @@ from collections import deque
 
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac
+from pymacvtap.frontends.base import WRITE_BUDGET, FrontendDefaults
 from pymacvtap.io import netlink
 from pymacvtap.io.afpacket import DeviceSocket
 from pymacvtap.io.netns import entered
 from pymacvtap.io.tap import Tap
 
-WRITE_BUDGET = 256
 # One VM's traffic per socket: a smaller receive ring than a lower's keeps a
 # 4-queue VM from pinning 16 MiB.
 VM_RING_SIZE = 1 << 20
 _fanout_ids = itertools.count(0x5000)
 
 
-class VmTapFrontend:
+class VmTapFrontend(FrontendDefaults):
     def __init__(self, ifname: str, netns: str | None, queues: int, socks: list[DeviceSocket]):
         self.ifname = ifname
         self.netns = netns

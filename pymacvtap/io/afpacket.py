@@ -455,8 +455,3 @@ def _stripped_vlan(anc: list[tuple[int, int, bytes]]) -> bytes | None:
             if status & TP_STATUS_VLAN_VALID:
                 return vlan_tag(status, tci, tpid)
     return None
-
-
-# The old name, for pymacvtap/daemon.py alone, which is being split into a package
-# and renamed there; delete this line once nothing imports PacketLower.
-PacketLower = DeviceSocket

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pymacvtap.config import EndpointConfig
 from pymacvtap.control.protocol import WithFds
 from pymacvtap.control.server import ControlServer
 from pymacvtap.core.errors import EngineError
+from pymacvtap.daemon.config import EndpointConfig
 from pymacvtap.io.loop import Loop
 
 T = TypeVar("T")
@@ -46,7 +46,8 @@ class FakeService:
             "spoofchk": cfg.spoofchk,
         }
 
-    def link_add(self, cfg: EndpointConfig) -> Any:
+    def link_add(self, args: dict[str, Any]) -> Any:
+        cfg = EndpointConfig.from_dict(args)
         where = f"link add {cfg.name}"
         if cfg.name in self.endpoints:
             raise EngineError("EEXIST", f"{where}: an endpoint of that name exists")

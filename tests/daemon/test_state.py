@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pymacvtap import state as state_module
-from pymacvtap.config import EndpointConfig
-from pymacvtap.state import StateError, StateStore
+from pymacvtap.daemon import state as state_module
+from pymacvtap.daemon.config import EndpointConfig
+from pymacvtap.daemon.state import StateError, StateStore
 
 
 def endpoint(name: str, mtu: int | None = None) -> EndpointConfig:
@@ -278,3 +278,35 @@ def test_a_journal_moved_before_its_snapshot_is_still_found(
     store.put(endpoint("c"))
     os.replace(tmp_path / "state.journal", tmp_path / "state.journal.bak")
     assert reload(tmp_path) == [("a", 0), ("b", 0), ("c", 0)]
+
+
+def test_the_saved_configuration_is_derived_from_the_engine(tmp_path: Path) -> None:
+    """One endpoint model: a change made in the engine is what the state saves, and back."""
+    from pymacvtap.core.engine import Engine
+    from pymacvtap.core.modes import Mode
+    from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
+
+    engine = Engine(lambda n: bytes(range(n)))
+    engine.add_lower("eth0", bytes.fromhex("020000000001"), 1500)
+    asked = EndpointConfig(name="c1", link="eth0", mode="source", macaddrs=["02:00:00:00:00:09"])
+    ep = add_to_engine(engine, asked)
+    rt = EndpointRuntime(asked, ep, frontend=None)  # type: ignore[arg-type]
+    engine.set_mtu("c1", 1400)
+    engine.set_up("c1", True)
+    saved = rt.config()
+    assert (saved.mode, saved.mtu, saved.up, saved.macaddrs) == (
+        "source",
+        1400,
+        True,
+        ["02:00:00:00:00:09"],
+    )
+    assert saved.address == ep.mac.hex(":") and asked.mtu is None  # the request is left as asked
+    engine.set_mode("c1", Mode.VEPA)  # leaving source mode flushes the list
+    assert (rt.config().mode, rt.config().macaddrs) == ("vepa", [])
+    store = StateStore(str(tmp_path))
+    store.load()
+    store.put(rt.config())
+    (loaded,) = StateStore(str(tmp_path)).load()
+    engine.remove_endpoint("c1")
+    again = add_to_engine(engine, loaded)
+    assert (again.mac, again.mtu, again.mode) == (ep.mac, 1400, Mode.VEPA)

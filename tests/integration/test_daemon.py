@@ -23,7 +23,7 @@ from lab.fixtures import LOWER_MAC, Containers
 from lab.monitor import EventMonitor
 from lab.transfer import DigestReceiver
 from lab.users import temporary_user
-from pymacvtap.state import StateStore
+from pymacvtap.daemon.state import StateStore
 
 ETH_P_TEST = 0x88B5
 

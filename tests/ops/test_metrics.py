@@ -19,7 +19,7 @@ from lab.daemon import DaemonProcess, wait_until
 from lab.fixtures import EXT_IP, SUBNET
 from lab.readme import code_blocks, expand_braces, readme_section
 from pymacvtap import __version__
-from pymacvtap.metrics import parse_address
+from pymacvtap.daemon.metrics import parse_address
 
 PORT = 9477
 PINGS = 5

@@ -13,7 +13,7 @@ from lab.daemon import DaemonProcess, wait_until
 from lab.fixtures import LOWER_MAC, Containers
 from lab.monitor import EventMonitor
 from lab.transfer import DigestReceiver
-from pymacvtap.state import StateStore
+from pymacvtap.daemon.state import StateStore
 from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir, record
 
 

@@ -43,7 +43,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pymacvtap.config import ConfigError, EndpointConfig
+from pymacvtap.daemon.config import ConfigError, EndpointConfig
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"

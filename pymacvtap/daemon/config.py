@@ -3,6 +3,7 @@
 This is the daemon's view of an endpoint (netns, frontend, owner ...), one level
 above the engine's forwarding state.  One dataclass serves the control
 protocol, the state file and ``link show`` so the three cannot drift apart.
+The kinds of endpoint (a type and a frontend) differ only as :data:`KINDS` says.
 """
 
 from __future__ import annotations
@@ -13,21 +14,59 @@ from typing import Any
 
 from pymacvtap.core.mac import MacError, check_unicast, format_mac, parse_mac
 from pymacvtap.core.modes import MODE_BY_NAME
+from pymacvtap.defaults import BCQUEUELEN, SOCKET_DIR
 
-TYPES = ("macvlan", "macvtap")
-FRONTENDS = ("tap", "stream", "dgram", "vhost-user")
-DEFAULT_SOCKET_DIR = "/run/pymacvtap"
 IFNAMSIZ = 16
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(ValueError):
-    """A bad request; ``code`` is the errno name reported to the client."""
+    """A bad request; ``code`` is the errno name reported to the client (as EngineError's)."""
 
-    def __init__(self, message: str, code: str = "EINVAL") -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What an endpoint's type and frontend make of it: every way kinds differ."""
+
+    type: str
+    frontend: str
+    # The frontend is a persistent tap netdev in the endpoint's namespace, which the
+    # daemon follows (link events, multicast lists) and keeps across restarts;
+    # otherwise it is a Unix socket at ``path``, made anew by every daemon.
+    netdev: bool
+    # The netdev *is* the endpoint (macvlan, for a container): its admin state is
+    # the endpoint's.  Otherwise the endpoint is a VM's port, up unless set down.
+    netdev_is_endpoint: bool = False
+    multiqueue: bool = False
+    peer: bool = False  # dgram: where to send before the VM has spoken
+
+    @property
+    def starts_up(self) -> bool:
+        """macvlan netdevs start down like `ip link add`; a VM cannot raise its port."""
+        return not self.netdev_is_endpoint
+
+    @property
+    def hands_out_queues(self) -> bool:
+        """A VM's tap: `attach` opens its queue fds for the VM."""
+        return self.netdev and not self.netdev_is_endpoint
+
+
+_KIND_LIST = (
+    Kind("macvlan", "tap", netdev=True, netdev_is_endpoint=True),
+    Kind("macvtap", "tap", netdev=True, multiqueue=True),
+    Kind("macvtap", "stream", netdev=False),
+    Kind("macvtap", "dgram", netdev=False, peer=True),
+    Kind("macvtap", "vhost-user", netdev=False, multiqueue=True),
+)
+KINDS: dict[tuple[str, str], Kind] = {(k.type, k.frontend): k for k in _KIND_LIST}
+TYPES = tuple(dict.fromkeys(k.type for k in _KIND_LIST))
+FRONTENDS = tuple(dict.fromkeys(k.frontend for k in _KIND_LIST))
 
 
 @dataclasses.dataclass
@@ -48,7 +87,7 @@ class EndpointConfig:
     group: int | None = None
     queues: int = 1
     mtu: int | None = None
-    bcqueuelen: int = 1000
+    bcqueuelen: int = BCQUEUELEN
     spoofchk: bool = False
     nopromisc: bool = False
     up: bool | None = None  # None: the type's default (macvlan down, macvtap up)
@@ -62,61 +101,80 @@ class EndpointConfig:
     def validate(self) -> None:
         if not _NAME.match(self.name):
             raise ConfigError(
+                "EINVAL",
                 f"name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                "(starting with a letter or digit)"
+                "(starting with a letter or digit)",
             )
         if not _IFNAME.match(self.link):
-            raise ConfigError(f"link {self.link!r}: not an interface name")
+            raise ConfigError("EINVAL", f"link {self.link!r}: not an interface name")
         if self.type not in TYPES:
-            raise ConfigError(f"type {self.type}: unknown (one of {', '.join(TYPES)})")
+            raise ConfigError("EINVAL", f"type {self.type}: unknown (one of {', '.join(TYPES)})")
         if self.mode not in MODE_BY_NAME:
-            raise ConfigError(f"mode {self.mode}: unknown (one of {', '.join(MODE_BY_NAME)})")
-        if self.frontend not in FRONTENDS:
-            raise ConfigError(f"frontend {self.frontend}: unknown (one of {', '.join(FRONTENDS)})")
-        if self.type == "macvlan" and self.frontend != "tap":
             raise ConfigError(
+                "EINVAL", f"mode {self.mode}: unknown (one of {', '.join(MODE_BY_NAME)})"
+            )
+        if self.frontend not in FRONTENDS:
+            raise ConfigError(
+                "EINVAL", f"frontend {self.frontend}: unknown (one of {', '.join(FRONTENDS)})"
+            )
+        kind = KINDS.get((self.type, self.frontend))
+        if kind is None:
+            raise ConfigError(
+                "EINVAL",
                 f"frontend {self.frontend}: macvlan endpoints are netdevs; "
-                "socket frontends need type macvtap"
+                "socket frontends need type macvtap",
             )
         if self.address is not None:
             try:
                 self.address = format_mac(check_unicast(parse_mac(self.address)))
             except MacError as exc:
-                raise ConfigError(str(exc), "EADDRNOTAVAIL") from None
+                raise ConfigError("EADDRNOTAVAIL", str(exc)) from None
         for i, mac in enumerate(self.macaddrs):
             try:
                 self.macaddrs[i] = format_mac(check_unicast(parse_mac(mac)))
             except MacError as exc:
-                raise ConfigError(f"macaddr: {exc}") from None
+                raise ConfigError("EINVAL", f"macaddr: {exc}") from None
         if self.macaddrs and self.mode != "source":
-            raise ConfigError("macaddr needs mode source")
+            raise ConfigError("EINVAL", "macaddr needs mode source")
         if self.ifname is not None and not _IFNAME.match(self.ifname):
-            raise ConfigError(f"ifname {self.ifname!r}: at most 15 characters, no '/', ':'")
-        if self.ifname is None and self.frontend == "tap" and len(self.name) >= IFNAMSIZ:
             raise ConfigError(
-                f"name {self.name}: longer than 15 characters; give an ifname for the netdev"
+                "EINVAL", f"ifname {self.ifname!r}: at most 15 characters, no '/', ':'"
+            )
+        if self.ifname is None and kind.netdev and len(self.name) >= IFNAMSIZ:
+            raise ConfigError(
+                "EINVAL",
+                f"name {self.name}: longer than 15 characters; give an ifname for the netdev",
             )
         if self.nopromisc and self.mode != "passthru":
-            raise ConfigError("nopromisc needs mode passthru")
+            raise ConfigError("EINVAL", "nopromisc needs mode passthru")
         if not 1 <= self.queues <= 256:
-            raise ConfigError(f"queues {self.queues}: must be 1..256")
-        if self.queues > 1 and self.frontend not in ("tap", "vhost-user"):
-            raise ConfigError(f"queues {self.queues}: frontend {self.frontend} has one queue")
-        if self.type == "macvlan" and self.queues != 1:
-            raise ConfigError("queues: only macvtap endpoints have queues")
+            raise ConfigError("EINVAL", f"queues {self.queues}: must be 1..256")
+        if self.queues > 1 and not kind.multiqueue:
+            raise ConfigError(
+                "EINVAL",
+                "queues: only macvtap endpoints have queues"
+                if kind.netdev_is_endpoint
+                else f"queues {self.queues}: frontend {self.frontend} has one queue",
+            )
         if self.mtu is not None and not 68 <= self.mtu <= 65535:
-            raise ConfigError(f"mtu {self.mtu}: must be 68..65535")
+            raise ConfigError("EINVAL", f"mtu {self.mtu}: must be 68..65535")
         if not 0 <= self.bcqueuelen <= 1 << 31:
-            raise ConfigError(f"bcqueuelen {self.bcqueuelen}: out of range")
-        if self.path is not None and self.frontend == "tap":
-            raise ConfigError("path: only socket frontends (stream, dgram, vhost-user) have one")
-        if self.peer is not None and self.frontend != "dgram":
-            raise ConfigError("peer: only the dgram frontend has one")
+            raise ConfigError("EINVAL", f"bcqueuelen {self.bcqueuelen}: out of range")
+        if self.path is not None and kind.netdev:
+            raise ConfigError(
+                "EINVAL", "path: only socket frontends (stream, dgram, vhost-user) have one"
+            )
+        if self.peer is not None and not kind.peer:
+            raise ConfigError("EINVAL", "peer: only the dgram frontend has one")
         for label, value in (("owner", self.owner), ("group", self.group)):
             if value is not None and not 0 <= value < 1 << 32:
-                raise ConfigError(f"{label} {value}: not a valid id")
+                raise ConfigError("EINVAL", f"{label} {value}: not a valid id")
 
     # -- derived values ---------------------------------------------------------
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.type, self.frontend]
 
     @property
     def netdev_name(self) -> str:
@@ -124,16 +182,16 @@ class EndpointConfig:
 
     @property
     def socket_path(self) -> str | None:
-        if self.frontend == "tap":
+        if self.kind.netdev:
             return None
-        return self.path or f"{DEFAULT_SOCKET_DIR}/{self.name}.sock"
+        return self.path or f"{SOCKET_DIR}/{self.name}.sock"
 
     @property
     def starts_up(self) -> bool:
         """macvlan netdevs start down like `ip link add`; a VM cannot raise its port."""
         if self.up is not None:
             return self.up
-        return self.type == "macvtap"
+        return self.kind.starts_up
 
     # -- (de)serialisation ---------------------------------------------------------
 
@@ -147,14 +205,14 @@ class EndpointConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EndpointConfig:
         if not isinstance(data, dict):
-            raise ConfigError("endpoint: expected an object")
+            raise ConfigError("EINVAL", "endpoint: expected an object")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown attribute(s): {', '.join(unknown)}")
+            raise ConfigError("EINVAL", f"unknown attribute(s): {', '.join(unknown)}")
         for key in ("name", "link"):
             if key not in data:
-                raise ConfigError(f"{key}: required")
+                raise ConfigError("EINVAL", f"{key}: required")
         for key, value in data.items():
             _check_type(key, value)
         return cls(**data)
@@ -188,4 +246,4 @@ def _check_type(key: str, value: object) -> None:
     else:
         ok = False
     if not ok:
-        raise ConfigError(f"{key}: wrong type {type(value).__name__}")
+        raise ConfigError("EINVAL", f"{key}: wrong type {type(value).__name__}")

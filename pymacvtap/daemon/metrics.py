@@ -34,8 +34,8 @@ from __future__ import annotations
 import platform
 import socket
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
@@ -49,9 +49,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import CollectorRegistry
 
 from pymacvtap import __version__
-
-if TYPE_CHECKING:
-    from pymacvtap.daemon import Daemon
+from pymacvtap.daemon.runtime import EndpointRuntime, LowerRuntime
+from pymacvtap.daemon.view import counters as endpoint_counters
+from pymacvtap.daemon.view import engine_drops
 
 ENDPOINT_LABELS = ["endpoint", "lower", "mode", "type"]
 _ENDPOINT_COUNTERS = (
@@ -79,17 +79,20 @@ _LOWER_COUNTERS = (
 
 
 class DaemonCollector:
-    """Reads a :class:`pymacvtap.daemon.Daemon` on every scrape (see the module docstring)."""
+    """Reads the daemon's endpoints and lowers on every scrape (see the module docstring)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(
+        self, endpoints: Mapping[str, EndpointRuntime], lowers: Mapping[str, LowerRuntime]
+    ) -> None:
+        self.endpoints = endpoints
+        self.lowers = lowers
 
     def describe(self) -> Iterable[Metric]:
         return []  # names vary with the state; nothing to check at registration
 
     def collect(self) -> Iterable[Metric]:
-        endpoints = list(self.daemon.endpoints.values())
-        lowers = list(self.daemon.lowers.items())
+        endpoints = list(self.endpoints.values())
+        lowers = list(self.lowers.items())
         yield from self._endpoint_metrics(endpoints)
         yield from self._lower_metrics(lowers)
         count = GaugeMetricFamily("pymacvtap_endpoints", "endpoints in the daemon")
@@ -100,7 +103,7 @@ class DaemonCollector:
         yield info
 
     @staticmethod
-    def _endpoint_metrics(endpoints: list[Any]) -> Iterable[Metric]:
+    def _endpoint_metrics(endpoints: list[EndpointRuntime]) -> Iterable[Metric]:
         counters = {
             (d, n): CounterMetricFamily(f"pymacvtap_endpoint_{d}_{n}", doc, labels=ENDPOINT_LABELS)
             for d, n, doc in _ENDPOINT_COUNTERS
@@ -119,21 +122,18 @@ class DaemonCollector:
         for rt in endpoints:
             cfg, ep = rt.cfg, rt.ep
             labels = [cfg.name, cfg.link, ep.mode.label, cfg.type]
-            stats = ep.stats.as_dict()
-            # The same sums as `link show -s`: the frontend's own drops and errors.
-            stats["rx"]["dropped"] += rt.frontend.dropped
-            stats["tx"]["errors"] += rt.frontend.errors
+            stats = endpoint_counters(rt)  # the numbers of `link show -s`
             for (direction, name), family in counters.items():
                 family.add_metric(labels, stats[direction][name])
-            for reason, value in dict(ep.stats.drops).items():
-                drops.add_metric([*labels, reason.value[2]], value)
+            for reason, value in engine_drops(ep).items():
+                drops.add_metric([*labels, reason], value)
             up.add_metric(labels, 1 if ep.up else 0)
             rxq.add_metric(labels, len(ep.rx_queue))
         yield from counters.values()
         yield from (drops, up, rxq)
 
     @staticmethod
-    def _lower_metrics(lowers: list[tuple[str, Any]]) -> Iterable[Metric]:
+    def _lower_metrics(lowers: list[tuple[str, LowerRuntime]]) -> Iterable[Metric]:
         counters = {
             name: CounterMetricFamily(f"pymacvtap_lower_{name}", doc, labels=["lower"])
             for name, doc in _LOWER_COUNTERS
@@ -214,8 +214,15 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes are not logged: one line per scrape would drown the daemon's log."""
 
 
-def bind_metrics(addr: str, port: int, daemon: Daemon) -> MetricsServer:
-    """A server for ``daemon``'s metrics on http://ADDR:PORT/metrics, bound, not started.
+def bind_metrics(
+    addr: str,
+    port: int,
+    endpoints: Mapping[str, EndpointRuntime],
+    lowers: Mapping[str, LowerRuntime],
+) -> MetricsServer:
+    """A server for the metrics of ``endpoints`` and ``lowers`` on http://ADDR:PORT/metrics.
+
+    Bound, not started.
 
     prometheus_client's ``start_http_server`` binds and starts its thread in one
     call; the daemon needs the two apart (see the module docstring), so the
@@ -223,7 +230,7 @@ def bind_metrics(addr: str, port: int, daemon: Daemon) -> MetricsServer:
     Raises OSError when the address cannot be bound.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(endpoints, lowers))
     family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
 
     class Server(ThreadingWSGIServer):

@@ -1,0 +1,352 @@
+"""The control verbs (the control socket's :class:`Service`), each undone when a step fails.
+
+``link add`` and the other verbs change the engine, the real devices and the
+saved state together; a step that fails undoes the steps before it (the undo
+stack in :meth:`EndpointService.link_add`).  The service owns the endpoints
+table and puts the daemon's parts together: the lowers, the data path and the
+follower of the kernel, which hands its changes back through the same methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pymacvtap.control.protocol import WithFds
+from pymacvtap.core.engine import Engine
+from pymacvtap.core.errors import EngineError
+from pymacvtap.core.frame import Frame
+from pymacvtap.core.mac import format_mac, parse_mac
+from pymacvtap.core.modes import Mode
+from pymacvtap.daemon.config import ConfigError, EndpointConfig
+from pymacvtap.daemon.datapath import DataPath, SoftwarePath
+from pymacvtap.daemon.follow import KernelFollower
+from pymacvtap.daemon.kinds import open_frontend
+from pymacvtap.daemon.lowers import Lowers
+from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
+from pymacvtap.daemon.state import StateError, StateStore
+from pymacvtap.daemon.view import show
+from pymacvtap.io import netlink
+from pymacvtap.io.loop import Loop
+from pymacvtap.io.netns import netns_exists
+
+log = logging.getLogger("pymacvtap")
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class EndpointService:
+    """The Service behind the control socket; owner of the endpoints."""
+
+    def __init__(self, loop: Loop, state: StateStore) -> None:
+        self.loop = loop
+        self.state = state
+        self.engine = Engine(os.urandom)
+        self.endpoints: dict[str, EndpointRuntime] = {}
+        self._subscribers: list[Subscriber] = []
+        self.datapath: DataPath = SoftwarePath(loop)
+        self.lowers = Lowers(self.engine, self.datapath)
+        self.follower = KernelFollower(loop, self.engine, self.lowers, self)
+
+    # -- the control verbs ---------------------------------------------------------------
+
+    def link_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``link add``: the request's arguments are the EndpointConfig attributes."""
+        return self.add(EndpointConfig.from_dict(args))
+
+    def add(self, cfg: EndpointConfig, *, restoring: bool = False) -> dict[str, Any]:
+        where = f"link add {cfg.name}"
+        if cfg.name in self.endpoints:
+            raise EngineError("EEXIST", f"{where}: an endpoint of that name exists")
+        if cfg.netns is not None and not netns_exists(cfg.netns):
+            raise ConfigError("ENOENT", f"{where}: netns {cfg.netns}: no such network namespace")
+        kind = cfg.kind
+        undo: list[Callable[[], object]] = []
+        try:
+            lower = self.lowers.use(cfg.link, where)
+            if not lower.port.endpoints:
+                undo.append(lambda: self.lowers.release(cfg.link))
+            try:
+                ep = add_to_engine(self.engine, cfg)
+            except EngineError as exc:
+                raise EngineError(
+                    exc.code, f"{where}: {_strip_name(exc.message, cfg.name)}"
+                ) from None
+            undo.append(lambda: self.engine.remove_endpoint(cfg.name))
+            try:
+                frontend = open_frontend(cfg, ep, restoring, lambda: self._fds_changed(cfg.name))
+            except FileExistsError as exc:
+                raise ConfigError("EEXIST", f"{where}: {exc}") from None
+            except OSError as exc:
+                what = cfg.socket_path or f"netdev {cfg.netdev_name}"
+                raise ConfigError(
+                    errno.errorcode.get(exc.errno or 0, "EIO"),
+                    f"{where}: cannot create {what}: {exc.strerror or exc}",
+                ) from None
+            # A restarting daemon leaves netdevs for the next one; sockets are its own.
+            undo.append(lambda: frontend.close(delete=not restoring or not kind.netdev))
+            rt = EndpointRuntime(cfg, ep, frontend)
+            self.endpoints[cfg.name] = rt
+            undo.append(lambda: self.endpoints.pop(cfg.name, None))
+            if not lower.port.up:
+                frontend.set_carrier(False)  # born on a lower without carrier
+            undo.append(self.follower.track(rt))
+            self.lowers.listen_for(lower, rt)
+            undo.append(lambda: self.lowers.stop_listening(lower, ep.mode, ep.mac))
+            self.follower.follow_netdev(rt, initial=True, restoring=restoring)
+            if not restoring:
+                self.save(where, put=[rt.config()])
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:  # pragma: no cover - best effort rollback
+                    log.exception("%s: rollback step failed", where)
+            raise
+        self.datapath.attach_endpoint(rt)
+        self.emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
+        return show(rt, stats=False)
+
+    def link_set(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        where = f"link set {name}"
+        rt = self._endpoint(name, where)
+        cfg = rt.cfg
+        try:
+            if "mode" in changes:
+                self.engine.set_mode(name, Mode.parse(str(changes["mode"])))
+            if "address" in changes:
+                self.set_address(rt, parse_mac(str(changes["address"])))
+            if "mtu" in changes:
+                mtu = int(changes["mtu"])
+                self.engine.set_mtu(name, mtu)
+                if cfg.kind.netdev:
+                    netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
+            if "spoofchk" in changes:
+                self.engine.set_spoofchk(name, bool(changes["spoofchk"]))
+            if "macaddr" in changes:
+                spec = changes["macaddr"]
+                macs = [parse_mac(m) for m in spec.get("addresses", [])]
+                self.engine.macaddr(name, str(spec.get("op")), macs)
+            if "up" in changes:
+                up = bool(changes["up"])
+                if cfg.kind.netdev_is_endpoint:
+                    # The container's netdev is the endpoint; a VM port's tap stays
+                    # up so the daemon can reach it, only forwarding stops.
+                    netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
+                self.set_up(rt, up)
+        except EngineError as exc:
+            raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
+        except ValueError as exc:
+            raise ConfigError("EINVAL", f"{where}: {exc}") from None
+        self.save(where, put=[rt.config()])
+        self.emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
+        return show(rt, stats=False)
+
+    def link_del(self, name: str) -> None:
+        rt = self._endpoint(name, f"link del {name}")
+        self.remove(rt, reason="deleted by request", delete_netdev=True)
+        self.save(f"link del {name}", delete=[name])
+
+    def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        if name is not None:
+            return [show(self._endpoint(name, f"link show {name}"), stats)]
+        return [show(rt, stats) for rt in self.endpoints.values()]
+
+    def endpoint_access(self, name: str) -> tuple[int | None, int | None]:
+        rt = self._endpoint(name, name)
+        return rt.cfg.owner, rt.cfg.group
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def attach(self, name: str, queues: int | None) -> WithFds:
+        """Fresh queue fds of a macvtap endpoint's tap, for its VM (helper, exec)."""
+        where = f"attach {name}"
+        rt = self._endpoint(name, where)
+        cfg = rt.cfg
+        if not cfg.kind.hands_out_queues:
+            raise ConfigError(
+                "EOPNOTSUPP",
+                f"{where}: only macvtap endpoints with frontend tap have queues to hand out "
+                f"(this one is {cfg.type}, frontend {cfg.frontend})",
+            )
+        count = cfg.queues if queues is None else queues
+        if count > cfg.queues:
+            raise ConfigError(
+                "EINVAL",
+                f"{where}: queues {count}: the endpoint was created with queues {cfg.queues}",
+            )
+        try:
+            fds = rt.frontend.open_queue_fds(count, cfg.owner, cfg.group)
+        except OSError as exc:
+            hint = " (is a VM attached already?)" if exc.errno == errno.EBUSY else ""
+            raise ConfigError(
+                errno.errorcode.get(exc.errno or 0, "EIO"),
+                f"{where}: tap {cfg.netdev_name}: {exc.strerror}{hint}",
+            ) from None
+        self.emit({"event": "attach", "ifname": name, "queues": count})
+        return WithFds({"name": name, "queues": count}, fds)
+
+    def capture(self, name: str, callback: Subscriber) -> Callable[[], None]:
+        """Stream the endpoint's frames, both directions, as events until unsubscribed.
+
+        ``rx`` frames are those handed to the frontend (what the endpoint's user
+        receives), ``tx`` those read from it (what it sent), as the user sees them.
+        """
+        rt = self._endpoint(name, f"capture {name}")
+
+        def on_frame(direction: str, frame: Frame) -> None:
+            callback(
+                {
+                    "capture": {
+                        "time": time.time(),
+                        "dir": direction,
+                        "len": len(frame.data),
+                        "data": base64.b64encode(frame.data).decode(),
+                    }
+                }
+            )
+
+        rt.captures = [*(rt.captures or []), on_frame]
+
+        def unsubscribe() -> None:
+            if rt.captures is not None and on_frame in rt.captures:
+                rest = [c for c in rt.captures if c is not on_frame]
+                rt.captures = rest or None
+
+        return unsubscribe
+
+    # -- restore -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Recreate the saved endpoints; drop (with a log line) those that cannot be."""
+        configs = self.state.load()
+        for cfg in configs:
+            if cfg.netns is not None and not netns_exists(cfg.netns):
+                log.warning("restore %s: netns %s is gone; endpoint removed", cfg.name, cfg.netns)
+                continue
+            try:
+                self.add(cfg, restoring=True)
+            except (ConfigError, EngineError, OSError) as exc:
+                log.warning("restore %s: %s; endpoint removed", cfg.name, exc)
+        self._save_all("restore")
+        log.info("restored %d of %d endpoint(s)", len(self.endpoints), len(configs))
+
+    # -- changes shared with following the kernel (follow.EndpointOwner) -----------------
+
+    def remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
+        cfg = rt.cfg
+        self.datapath.detach_endpoint(rt)
+        try:
+            rt.frontend.close(delete=delete_netdev or not cfg.kind.netdev)
+        except OSError as exc:
+            log.warning("%s: closing the frontend: %s", cfg.name, exc)
+        lower = self.lowers.get(cfg.link)
+        mac, mode = rt.ep.mac, rt.ep.mode
+        self.engine.remove_endpoint(cfg.name)
+        del self.endpoints[cfg.name]
+        self.follower.untrack(rt)
+        if lower is not None:
+            self.lowers.stop_listening(lower, mode, mac)
+            if not lower.port.endpoints:
+                self.lowers.release(cfg.link)
+        log.info("%s: removed: %s", cfg.name, reason)
+        self.emit({"event": "link.del", "ifname": cfg.name, "reason": reason})
+
+    def set_up(self, rt: EndpointRuntime, up: bool) -> None:
+        if rt.ep.up == up:
+            return
+        self.engine.set_up(rt.cfg.name, up)
+        if not up:
+            rt.ep.rx_queue.clear()
+
+    def set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
+        """A new MAC for the endpoint (``netdev_has_it``: set on its netdev with ip already)."""
+        cfg = rt.cfg
+        old = rt.ep.mac
+        self.engine.set_mac(cfg.name, mac)
+        lower = self.lowers.table[cfg.link]
+        try:
+            if rt.ep.mode is Mode.PASSTHRU:
+                # As in the kernel, a passthru endpoint's address is the lower's.
+                netlink.set_link(cfg.link, None, address=format_mac(mac))
+            if cfg.kind.netdev and not netdev_has_it:
+                netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(mac))
+        except OSError:
+            self.engine.set_mac(cfg.name, old)
+            raise
+        if rt.ep.mode is not Mode.PASSTHRU:
+            lower.sock.add_unicast(mac)
+            lower.sock.del_unicast(old)
+
+    def save(
+        self, where: str, *, put: Sequence[EndpointConfig] = (), delete: Sequence[str] = ()
+    ) -> None:
+        """Save what changed: the endpoints in ``put`` (new or changed), the names deleted."""
+        try:
+            self.state.update(put=put, delete=delete)
+        except StateError as exc:
+            self._save_failed(where, exc)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("monitor subscriber failed")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _endpoint(self, name: str, where: str) -> EndpointRuntime:
+        rt = self.endpoints.get(name)
+        if rt is None:
+            raise EngineError("ENODEV", f"{where}: no such endpoint")
+        return rt
+
+    def _fds_changed(self, name: str) -> None:
+        rt = self.endpoints.get(name)
+        if rt is not None:
+            self.datapath.attach_endpoint(rt)
+
+    def _save_all(self, where: str) -> None:
+        """Save every endpoint as a new snapshot (after restore)."""
+        try:
+            self.state.save_all([rt.config() for rt in self.endpoints.values()])
+        except StateError as exc:
+            self._save_failed(where, exc)
+
+    def _save_failed(self, where: str, exc: StateError) -> None:
+        # The change is live but would not survive a restart: say so loudly.
+        log.error("%s: %s", where, exc)
+        self.emit({"event": "state.error", "message": str(exc)})
+
+    def close(self) -> None:
+        """Stop without deleting anything: persistent netdevs stay for the next start."""
+        # A fresh snapshot: the state file and its last good copy (the previous
+        # snapshot and its journal) then both hold the endpoints as they are now.
+        try:
+            self.state.compact()
+        except StateError as exc:
+            self._save_failed("shutdown", exc)
+        for rt in list(self.endpoints.values()):
+            self.datapath.detach_endpoint(rt)
+            rt.frontend.close(delete=False)
+        self.lowers.close()
+        self.follower.close()
+
+
+def _strip_name(message: str, name: str) -> str:
+    """Engine messages start with the endpoint name; the verb prefix already has it."""
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
