@@ -38,7 +38,9 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     state = str(entry.get("operstate") or "UNKNOWN")
     lines = [
         f"{entry.get('ifname')}@{entry.get('link')}: <{_flags(state)}> "
-        f"mtu {entry.get('mtu')} state {state}",
+        f"mtu {entry.get('mtu')} state {state}"
+        # WAITING: configured, not created yet; why (``state WAITING lower eth0 missing``).
+        + (f" {entry['waiting']}" if entry.get("waiting") else ""),
         f"    link/ether {entry.get('address')}",
     ]
     detail = f"    {entry.get('type')} mode {entry.get('mode')}"

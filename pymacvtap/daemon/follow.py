@@ -46,6 +46,9 @@ class EndpointOwner(Protocol):
 
     def set_up(self, rt: EndpointRuntime, up: bool) -> None: ...
 
+    def lower_appeared(self, link: str) -> None:
+        """A device of that name is there now: endpoints waiting for it may be created."""
+
     def set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
         """A new MAC for the endpoint (``netdev_has_it``: set on its netdev with ip already)."""
 
@@ -159,6 +162,8 @@ class KernelFollower:
     def _lower_event(self, ev: netlink.LinkEvent) -> None:
         lower = self.lowers.get(ev.ifname)
         if lower is None:
+            if not ev.deleted:
+                self.owner.lower_appeared(ev.ifname)
             return
         owner = self.owner
         on_lower = [rt for rt in owner.endpoints.values() if rt.cfg.link == ev.ifname]

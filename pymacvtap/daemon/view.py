@@ -51,7 +51,8 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
     """One endpoint as ``link show`` presents it (the link-show JSON schema)."""
     cfg, ep = rt.cfg, rt.ep
     entry: dict[str, Any] = {
-        "ifname": cfg.name,
+        "name": cfg.name,
+        "ifname": cfg.name,  # the same: kept for earlier consumers (link-show schema)
         "link": cfg.link,
         "type": cfg.type,
         "mode": ep.mode.label,
