@@ -95,12 +95,22 @@ def _word(value: object) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """``link.del vm0 reason "lower eth0 removed"``: kind, endpoint, then key value pairs."""
+    """``link.del vm0 reason "lower eth0 removed"``: kind, endpoint, then key value pairs.
+
+    A change says each attribute's old and new value and who made it:
+    ``link.set c1 up off -> on mtu 1500 -> 1400 source netdev``.
+    """
     words = [str(event.get("event", "event"))]
     if "ifname" in event:
         words.append(_word(event["ifname"]))
+    old, new = event.get("old"), event.get("new")
+    shown = {"event", "ifname"}
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in event.get("changes") or sorted(new):
+            words += [str(key), _word(old.get(key)), "->", _word(new.get(key))]
+        shown |= {"changes", "old", "new"}
     for key, value in event.items():
-        if key not in ("event", "ifname"):
+        if key not in shown:
             words += [key, _word(value)]
     return " ".join(words)
 

@@ -23,6 +23,7 @@ from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
+from pymacvtap.daemon import events
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath, SoftwarePath
 from pymacvtap.daemon.follow import KernelFollower
@@ -139,6 +140,7 @@ class EndpointService:
         where = f"link set {name}"
         rt = self._endpoint(name, where)
         cfg = rt.cfg
+        before = events.values(rt.ep)
         try:
             if "mode" in changes:
                 self.engine.set_mode(name, Mode.parse(str(changes["mode"])))
@@ -167,7 +169,9 @@ class EndpointService:
         except ValueError as exc:
             raise ConfigError("EINVAL", f"{where}: {exc}") from None
         self.save(where, put=[rt.config()])
-        self.emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
+        event = events.link_set(name, before, events.values(rt.ep), events.BY_REQUEST, changes)
+        if event is not None:
+            self.emit(event)
         return show(rt, stats=False)
 
     def link_del(self, name: str) -> None:

@@ -200,8 +200,21 @@ def test_monitor_lines_match_the_schema(lab: Lab, daemon: DaemonProcess, tmp_pat
         {"event": "link.del", "ifname": "x", "reason": "gone", "extra": 1},
         {"event": "lower.carrier", "link": "low0", "carrier": "yes"},
         {"event": "frobbed", "ifname": "x"},
+        {
+            "event": "link.set",
+            "ifname": "x",
+            "source": "request",
+            "changes": ["mtu"],
+            "old": {"mtu": 1500},
+            "new": {"mtu": "1400"},
+        },
+        {"event": "link.set", "ifname": "x", "changes": ["mtu", "up"]},
+        {"event": "link.wait", "ifname": "x"},
     ):
         assert errors(validator, bad) != [], bad
+    # Emitted only at start or on a later retry (tests/integration/test_lifecycle.py).
+    wait = {"event": "link.wait", "ifname": "c1", "reason": "lower eth0 missing"}
+    assert errors(validator, wait) == []
 
 
 @pytest.mark.parametrize("name", ["link-show", "monitor"])
