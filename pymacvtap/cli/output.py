@@ -79,6 +79,28 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_lower(entry: dict[str, Any], stats: bool = False) -> str:
+    """One lower as ``lower show`` prints it: ip's first lines, its endpoints, its counters."""
+    state = str(entry.get("operstate") or "UNKNOWN")
+    endpoints = entry.get("endpoints") or []
+    lines = [
+        f"{entry.get('ifname')}: <{_flags(state)}> mtu {entry.get('mtu')} state {state}",
+        f"    link/ether {entry.get('address')}",
+        "    endpoints " + (" ".join(str(e) for e in endpoints) or "none"),
+    ]
+    counters = entry.get("stats")
+    if stats and isinstance(counters, dict):
+        rx_keys = ("bytes", "packets", "errors", "dropped", "not_ours")
+        tx_keys = ("bytes", "packets", "errors")
+        lines += _table("RX:", rx_keys, [counters.get(f"rx_{k}", 0) for k in rx_keys])
+        lines += _table("TX:", tx_keys, [counters.get(f"tx_{k}", 0) for k in tx_keys])
+        lines.append(
+            f"    bcqueue dropped {counters.get('bcqueue_dropped', 0)}"
+            f" queued {entry.get('bcqueue_len', 0)}"
+        )
+    return "\n".join(lines)
+
+
 def _word(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"

@@ -32,7 +32,7 @@ from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.marks import Marks
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
 from pymacvtap.daemon.state import StateError, StateStore
-from pymacvtap.daemon.view import show
+from pymacvtap.daemon.view import show, show_lower
 from pymacvtap.daemon.waiting import (
     WAITING_RETRY_SECONDS,
     Waiting,
@@ -190,6 +190,15 @@ class EndpointService:
         return [show(rt, stats) for rt in self.endpoints.values()] + [
             show_waiting(w) for w in self.waiting.values()
         ]
+
+    def lower_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        """``lower show``: the lowers in use (an endpoint on them), with their own counters."""
+        if name is None:
+            return [show_lower(lower.port, stats) for lower in self.lowers.table.values()]
+        lower = self.lowers.get(name)
+        if lower is None:
+            raise EngineError("ENODEV", f"lower show {name}: no endpoint uses a lower of that name")
+        return [show_lower(lower.port, stats)]
 
     def endpoint_access(self, name: str) -> tuple[int | None, int | None]:
         if name in self.waiting:
