@@ -112,7 +112,10 @@ DESCRIPTION
             macvtap mode vepa bcqueuelen 1000 spoofchk off
             frontend tap netdev vm0 queues 2 owner 1000 group 1000
 
-    The state is UP, DOWN (set down) or LOWERLAYERDOWN (up, but its lower is down).
+    The state is UP, DOWN (set down) or LOWERLAYERDOWN (up, but its lower is down), or
+    WAITING and the reason (`state WAITING lower eth0 missing`): configured, but not
+    created yet, because at start its lower or namespace was missing or its netdev's name
+    was taken; it is created when that changes, and only `link del` forgets it.
 
 OPTIONS
     NAME, dev NAME   the endpoint to show
@@ -363,7 +366,8 @@ DESCRIPTION
 OPTIONS
     --socket PATH        the control socket (default $PYMACVTAP_SOCKET, else
                          {default}); created mode 0666, its directory 0755
-    --state-dir DIR      where the configuration is saved (default {state_dir})
+    --state-dir DIR      where the configuration is saved (default {state_dir}); one
+                         daemon per state dir: a second one exits at once, naming the first
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
 

@@ -119,8 +119,9 @@ def _sweep(marks: Marks, configs: Iterable[EndpointConfig]) -> list[str]:
     """Remove the marked netdevs whose endpoint is not configured (at start).
 
     Looked for in the daemon's namespace and in those of the configured
-    endpoints: not in every namespace of the host, where another daemon (with
-    its own state dir) may keep netdevs of its own.  Returns what was removed.
+    endpoints, not in every namespace of the host (a dump each, at every start);
+    a leftover elsewhere is replaced when ``link add`` wants its name
+    (:meth:`Marks.make_way`).  Returns what was removed.
     """
     expected: dict[tuple[str | None, str], str] = {}
     spaces: dict[str | None, None] = {None: None}
