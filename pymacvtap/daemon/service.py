@@ -36,6 +36,7 @@ from pymacvtap.daemon.view import show, show_lower
 from pymacvtap.daemon.waiting import (
     WAITING_RETRY_SECONDS,
     Waiting,
+    gone_for_good,
     missing,
     reason_of,
     show_waiting,
@@ -296,16 +297,19 @@ class EndpointService:
 
     def _retry_waiting(self) -> None:
         """Try the waiting endpoints again (namespaces and names set free come as no event)."""
-        for name in list(self.waiting):
-            self._try_waiting(name)
-        self.loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
+        try:
+            for name in list(self.waiting):
+                self._try_waiting(name)
+        finally:
+            self.loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
 
     def _try_waiting(self, name: str, *, restoring: bool = False) -> None:
         """Create the waiting endpoint ``name`` if it can be; else say why, once per reason."""
         waiting = self.waiting.get(name)
-        if waiting is None:
+        if waiting is None or waiting.for_good:
             return
         cfg = waiting.cfg
+        waiting.for_good = gone_for_good(cfg)
         reason = missing(cfg)
         if reason is None:
             try:

@@ -30,11 +30,25 @@ class Waiting:
 
     cfg: EndpointConfig
     reason: str = NOT_TRIED
+    # Waits for what never comes back (a process's namespace): kept, never retried.
+    for_good: bool = False
+
+
+def gone_for_good(cfg: EndpointConfig) -> bool:
+    """The endpoint's namespace was a process's (``/proc/PID/ns/net``) and that process is gone.
+
+    Such a namespace never comes back, and a new process given the same PID is
+    someone else: the endpoint is kept (only ``link del`` forgets) but not retried.
+    """
+    netns = cfg.netns
+    return netns is not None and netns.startswith("/proc/") and not netns_exists(netns)
 
 
 def missing(cfg: EndpointConfig) -> str | None:
     """What the endpoint needs that is not there (cheap checks, no side effects)."""
     if cfg.netns is not None and not netns_exists(cfg.netns):
+        if gone_for_good(cfg):
+            return f"netns {cfg.netns} missing (its process is gone; link del forgets it)"
         return f"netns {cfg.netns} missing"
     if not netlink.link_exists(cfg.link):
         return f"lower {cfg.link} missing"
