@@ -46,8 +46,11 @@ class StateDirLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket_path}\n".encode(), 0)
+        # Who holds it, for the message of the next one; a full disk must not keep the
+        # daemon from starting (the lock is held all the same).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket_path}\n".encode(), 0)
         return cls(fd, path)
 
     def release(self) -> None:
