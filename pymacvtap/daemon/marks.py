@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 
 from pymacvtap.daemon.config import EndpointConfig
 from pymacvtap.io import netlink
@@ -56,94 +56,84 @@ class Marks:
         return found[0] if found is not None and found[1] == self.state_dir else None
 
     def make_way(
-        self, cfg: EndpointConfig, configured: Collection[str], *, restoring: bool
+        self, cfg: EndpointConfig, configured: Callable[[str], bool], *, restoring: bool
     ) -> None:
-        _make_way(self, cfg, configured, restoring=restoring)
+        """Clear the name of the endpoint's netdev before it is created or taken over.
+
+        Ours and this endpoint's, when restoring: left for the frontend to take over.
+        Ours but of no ``configured`` endpoint: a leftover, removed.  Anything else
+        raises :class:`NotOurs` with the reason.
+        """
+        if not cfg.kind.netdev:
+            return
+        name, netns = cfg.netdev_name, cfg.netns
+        if not netlink.link_exists(name, netns):  # the usual case, without a netlink round trip
+            return
+        try:
+            info = netlink.link_info(name, netns)
+        except netlink.LinkNotFound:
+            return
+        where = f" in netns {netns}" if netns is not None else ""
+        found = read_mark(info.alias)
+        if found is None:
+            if restoring and info.kind in UNMARKED_ADOPTABLE_KINDS:
+                return
+            raise NotOurs(f"a device named {name} exists already{where} and is not pymacvtap's")
+        owner, state_dir = found
+        if state_dir != self.state_dir:
+            raise NotOurs(
+                f"a device named {name} exists already{where}: endpoint {owner}'s netdev "
+                f"of the pymacvtap daemon with state dir {state_dir or '(unknown)'}"
+            )
+        if owner == cfg.name and restoring:
+            return
+        if owner != cfg.name and configured(owner):
+            raise NotOurs(f"a device named {name} exists already{where}: endpoint {owner}'s netdev")
+        log.info(
+            "%s: removing netdev %s%s, a leftover of endpoint %s", cfg.name, name, where, owner
+        )
+        netlink.delete_link(name, netns)
 
     def remove_if_ours(self, cfg: EndpointConfig) -> None:
-        _remove_if_ours(self, cfg)
+        """Delete the endpoint's netdev if there is one and it carries the endpoint's mark."""
+        if not cfg.kind.netdev:
+            return
+        try:
+            info = netlink.link_info(cfg.netdev_name, cfg.netns)
+        except (netlink.LinkNotFound, FileNotFoundError):
+            return
+        if self.endpoint_of(info.alias) == cfg.name:
+            netlink.delete_link(cfg.netdev_name, cfg.netns)
 
     def sweep(self, configs: Iterable[EndpointConfig]) -> list[str]:
-        return _sweep(self, configs)
+        """Remove the marked netdevs whose endpoint is not configured (at start).
 
-
-def _make_way(
-    marks: Marks, cfg: EndpointConfig, configured: Collection[str], *, restoring: bool
-) -> None:
-    """Clear the name of the endpoint's netdev before it is created or taken over.
-
-    Ours and this endpoint's, when restoring: left for the frontend to take over.
-    Ours but of no configured endpoint: a leftover, removed.  Anything else
-    raises :class:`NotOurs` with the reason.
-    """
-    if not cfg.kind.netdev:
-        return
-    name, netns = cfg.netdev_name, cfg.netns
-    try:
-        info = netlink.link_info(name, netns)
-    except netlink.LinkNotFound:
-        return
-    where = f" in netns {netns}" if netns is not None else ""
-    found = read_mark(info.alias)
-    if found is None:
-        if restoring and info.kind in UNMARKED_ADOPTABLE_KINDS:
-            return
-        raise NotOurs(f"a device named {name} exists already{where} and is not pymacvtap's")
-    owner, state_dir = found
-    if state_dir != marks.state_dir:
-        raise NotOurs(
-            f"a device named {name} exists already{where}: endpoint {owner}'s netdev "
-            f"of the pymacvtap daemon with state dir {state_dir or '(unknown)'}"
-        )
-    if owner == cfg.name and restoring:
-        return
-    if owner != cfg.name and owner in configured:
-        raise NotOurs(f"a device named {name} exists already{where}: endpoint {owner}'s netdev")
-    log.info("%s: removing netdev %s%s, a leftover of endpoint %s", cfg.name, name, where, owner)
-    netlink.delete_link(name, netns)
-
-
-def _remove_if_ours(marks: Marks, cfg: EndpointConfig) -> None:
-    """Delete the endpoint's netdev if there is one and it carries the endpoint's mark."""
-    if not cfg.kind.netdev:
-        return
-    try:
-        info = netlink.link_info(cfg.netdev_name, cfg.netns)
-    except (netlink.LinkNotFound, FileNotFoundError):
-        return
-    if marks.endpoint_of(info.alias) == cfg.name:
-        netlink.delete_link(cfg.netdev_name, cfg.netns)
-
-
-def _sweep(marks: Marks, configs: Iterable[EndpointConfig]) -> list[str]:
-    """Remove the marked netdevs whose endpoint is not configured (at start).
-
-    Looked for in the daemon's namespace and in those of the configured
-    endpoints, not in every namespace of the host (a dump each, at every start);
-    a leftover elsewhere is replaced when ``link add`` wants its name
-    (:meth:`Marks.make_way`).  Returns what was removed.
-    """
-    expected: dict[tuple[str | None, str], str] = {}
-    spaces: dict[str | None, None] = {None: None}
-    for cfg in configs:
-        if cfg.kind.netdev:
-            expected[cfg.netns, cfg.netdev_name] = cfg.name
-        spaces[cfg.netns] = None
-    removed = []
-    for netns in spaces:
-        if netns is not None and not netns_exists(netns):
-            continue
-        try:
-            found = netlink.links(netns)
-        except OSError as exc:
-            log.warning("looking for leftover netdevs in netns %s: %s", netns, exc)
-            continue
-        for info in found:
-            owner = marks.endpoint_of(info.alias)
-            if owner is None or expected.get((netns, info.name)) == owner:
+        Looked for in the daemon's namespace and in those of the configured
+        endpoints, not in every namespace of the host (a dump each, at every start);
+        a leftover elsewhere is replaced when ``link add`` wants its name
+        (:meth:`make_way`).  Returns what was removed.
+        """
+        expected: dict[tuple[str | None, str], str] = {}
+        spaces: dict[str | None, None] = {None: None}
+        for cfg in configs:
+            if cfg.kind.netdev:
+                expected[cfg.netns, cfg.netdev_name] = cfg.name
+            spaces[cfg.netns] = None
+        removed = []
+        for netns in spaces:
+            if netns is not None and not netns_exists(netns):
                 continue
-            where = f" in netns {netns}" if netns is not None else ""
-            log.info("removing netdev %s%s, a leftover of endpoint %s", info.name, where, owner)
-            netlink.delete_link(info.name, netns)
-            removed.append(f"{netns or ''}/{info.name}")
-    return removed
+            try:
+                found = netlink.links(netns)
+            except OSError as exc:
+                log.warning("looking for leftover netdevs in netns %s: %s", netns, exc)
+                continue
+            for info in found:
+                owner = self.endpoint_of(info.alias)
+                if owner is None or expected.get((netns, info.name)) == owner:
+                    continue
+                where = f" in netns {netns}" if netns is not None else ""
+                log.info("removing netdev %s%s, a leftover of endpoint %s", info.name, where, owner)
+                netlink.delete_link(info.name, netns)
+                removed.append(f"{netns or ''}/{info.name}")
+        return removed

@@ -101,7 +101,7 @@ class EndpointService:
             undo.append(lambda: self.engine.remove_endpoint(cfg.name))
             try:
                 # Our leftover of that name goes; a device not ours is refused.
-                self.marks.make_way(cfg, self._configured(), restoring=restoring)
+                self.marks.make_way(cfg, self._configured, restoring=restoring)
                 frontend = open_frontend(cfg, ep, restoring, lambda: self._fds_changed(cfg.name))
             except FileExistsError as exc:
                 raise ConfigError("EEXIST", f"{where}: {exc}") from None
@@ -416,9 +416,9 @@ class EndpointService:
             raise EngineError("ENODEV", f"{where}: no such endpoint")
         return rt
 
-    def _configured(self) -> set[str]:
-        """The names of every configured endpoint, created or waiting."""
-        return set(self.endpoints) | set(self.waiting)
+    def _configured(self, name: str) -> bool:
+        """Whether ``name`` is a configured endpoint, created or waiting."""
+        return name in self.endpoints or name in self.waiting
 
     def _fds_changed(self, name: str) -> None:
         rt = self.endpoints.get(name)
