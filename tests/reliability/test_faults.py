@@ -143,9 +143,7 @@ def test_corrupt_state_file_uses_the_last_good_copy(
 
 def state_files(directory: Path) -> dict[str, bytes]:
     """The state dir's files and their contents (the test's filler and the lock aside)."""
-    return {
-        p.name: p.read_bytes() for p in directory.iterdir() if p.name not in ("filler", "lock")
-    }
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name not in ("filler", "lock")}
 
 
 def test_disk_full_while_saving(lab: Lab, tmp_path: Path, containers: Containers) -> None:
