@@ -120,8 +120,17 @@ def test_an_endpoint_whose_lower_was_renamed_waits_and_comes_back_with_it(
     # The containers keep their netdevs (and addresses) meanwhile.
     assert netdevs(containers.netns["c1"]) == ["lo", "eth0"]
     refused = daemon.run_cli("link", "set", "c1", "mtu", "1400")
-    assert refused.returncode != 0
-    assert "waiting (lower low0 missing)" in refused.stderr
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "pymacvtap: link set c1: the endpoint is waiting (lower low0 missing); "
+        "only link show and link del apply until it is created"
+    )
+    again = daemon.run_cli("link", "add", "link", "low0", "name", "c1", "type", "macvlan")
+    assert again.stderr.strip() == (
+        "pymacvtap: link add c1: an endpoint of that name exists, waiting (lower low0 missing)"
+    )
+    assert "c1: waiting: lower low0 missing" in daemon.log()
+    assert "restored 0 of 2 endpoint(s); 2 waiting" in daemon.log()
 
     with EventMonitor(daemon.socket) as monitor:
         ip(lab.host, "link", "set", "low0x", "name", "low0")
@@ -247,3 +256,25 @@ def test_at_start_marked_netdevs_are_adopted_and_leftovers_removed(
     assert "vmtap0" in host_links and "vmtap1" not in host_links
     assert netdevs(ns) == ["lo", "eth0"]
     assert containers.ping("c1", "ext")
+
+
+def test_a_netdev_of_another_endpoint_or_daemon_is_refused_by_name(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    ns = containers.add("c1", "vepa")
+    proc = daemon.run_cli("link", "add", "link", "low0", "name", "c9", "type", "macvlan",
+                          "netns", ns, "ifname", "eth0")  # fmt: skip
+    assert proc.stderr.strip() == (
+        f"pymacvtap: link add c9: a device named eth0 exists already in netns {ns}: "
+        "endpoint c1's netdev"
+    )
+    ns2 = lab.add_netns("c2")
+    ip(ns2, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+    ip(ns2, "link", "set", "eth0", "alias", "pymacvtap:c2 /var/lib/elsewhere")
+    proc = daemon.run_cli("link", "add", "link", "low0", "name", "c2", "type", "macvlan",
+                          "netns", ns2, "ifname", "eth0")  # fmt: skip
+    assert proc.stderr.strip() == (
+        f"pymacvtap: link add c2: a device named eth0 exists already in netns {ns2}: "
+        "endpoint c2's netdev of the pymacvtap daemon with state dir /var/lib/elsewhere"
+    )
+    assert "eth0" in netdevs(ns2)  # another daemon's: left alone
