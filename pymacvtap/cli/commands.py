@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from pymacvtap import __version__
 from pymacvtap.cli.errors import PROG, Failure
-from pymacvtap.cli.output import dump_json, event_json, format_event, format_link
+from pymacvtap.cli.output import dump_json, event_json, format_event, format_link, format_lower
 from pymacvtap.cli.parsed import Command, Exec, Options, RunDaemon
 from pymacvtap.control.client import Client, ClientError, RemoteError
 from pymacvtap.control.protocol import with_prefix
@@ -39,16 +39,17 @@ def run_command(opts: Options, cmd: Command, out: TextIO) -> int:
     """A `link` verb or `monitor`: ask, then print the answer as text or JSON."""
     if cmd.verb == "monitor":
         return _monitor(opts, cmd, out)
-    if cmd.verb == "link.show":
+    if cmd.verb in ("link.show", "lower.show"):
         cmd.args["stats"] = opts.stats
     result = request(opts, cmd)
-    if cmd.verb == "link.show":
+    if cmd.verb in ("link.show", "lower.show"):
         entries = result if isinstance(result, list) else []
+        formatter = format_link if cmd.verb == "link.show" else format_lower
         if opts.json:
             print(dump_json(opts, entries), file=out)
         else:
             for entry in entries:
-                print(format_link(entry, opts.stats), file=out)
+                print(formatter(entry, opts.stats), file=out)
     elif opts.json and result is not None:
         print(dump_json(opts, result), file=out)
     return 0

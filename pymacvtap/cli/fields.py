@@ -63,7 +63,7 @@ def endpoint_fields(schema: dict[str, Any]) -> str:
 
 def _condition(name: str, prop: dict[str, Any]) -> str:
     """``with -s`` from ``With -s: the counters``, ``in mode source`` from ``Mode source: ...``."""
-    m = re.match(r"([^:,]{1,20})[:,]", str(prop.get("description", "")))
+    m = re.match(r"([^:,]{1,24})[:,]", str(prop.get("description", "")))
     if m is None:
         raise ValueError(f"{SCHEMA}: optional field {name}: no `When: ...` description")
     head = m.group(1).lower()

@@ -18,6 +18,7 @@ SYNOPSIS
     pymacvtap [OPTIONS] link set NAME [up|down] [address MAC] [mtu N] [mode MODE]
                                       [spoofchk {on|off}] [macaddr {add|del|set|flush} [MAC...]]
     pymacvtap [OPTIONS] link del NAME
+    pymacvtap [OPTIONS] lower show [LOWER]
     pymacvtap [OPTIONS] monitor
     pymacvtap [OPTIONS] exec NAME [queues N] -- COMMAND [ARG...]
     pymacvtap [OPTIONS] capture NAME [-w FILE.pcap] [-c COUNT]
@@ -32,13 +33,14 @@ DESCRIPTION
     `pymacvtap daemon` process; every other command talks to it over its control socket.
 
     A command may be abbreviated to any unique prefix (`mon` is `monitor`, `cap` is
-    `capture`), and link's subcommands as `ip` allows (`pymacvtap l sh` is `link show`).
+    `capture`, `lo` is `lower`), `l` is `link` as in `ip`, and link's subcommands are
+    abbreviated as `ip` allows (`pymacvtap l sh` is `link show`).
 
 OPTIONS (before the command)
     -j, --json         print JSON (link show: a list of objects; monitor: one object
                        per line; link add and link set: the endpoint as it now is)
     -p, --pretty       indent JSON output
-    -s, --stats        link show: include RX/TX statistics
+    -s, --stats        link show, lower show: include RX/TX statistics
     -d, --details      accepted for `ip` habits; details are always shown
     --socket PATH      the daemon's control socket (default $PYMACVTAP_SOCKET, else
                        {default})
@@ -50,6 +52,7 @@ COMMANDS
     link add       create an endpoint                        (pymacvtap link add --help)
     link set       change an endpoint                        (pymacvtap link set --help)
     link del       remove an endpoint                        (pymacvtap link del --help)
+    lower show     list the lowers in use, their own counters (pymacvtap lower --help)
     monitor        print events as they happen               (pymacvtap monitor --help)
     exec           run a VM with the endpoint's tap queues   (pymacvtap exec --help)
     capture        record an endpoint's frames               (pymacvtap capture --help)
@@ -109,7 +112,10 @@ DESCRIPTION
             macvtap mode vepa bcqueuelen 1000 spoofchk off
             frontend tap netdev vm0 queues 2 owner 1000 group 1000
 
-    The state is UP, DOWN (set down) or LOWERLAYERDOWN (up, but its lower is down).
+    The state is UP, DOWN (set down) or LOWERLAYERDOWN (up, but its lower is down), or
+    WAITING and the reason (`state WAITING lower eth0 missing`): configured, but not
+    created yet, because at start its lower or namespace was missing or its netdev's name
+    was taken; it is created when that changes, and only `link del` forgets it.
 
 OPTIONS
     NAME, dev NAME   the endpoint to show
@@ -311,6 +317,40 @@ EXAMPLES
     pymacvtap --socket /tmp/p.sock version
 """
 
+HELP_LOWER = """\
+pymacvtap lower show - the lower devices in use, and their own counters
+
+SYNOPSIS
+    pymacvtap [-j [-p]] [-s] lower show [[dev] LOWER]
+
+DESCRIPTION
+    Without LOWER, every lower device an endpoint uses; with LOWER, that one.  A lower's
+    counters are its own: frames the daemon read from it and wrote to it, for all of its
+    endpoints together, and the frames it left to the host.  Needs root or the admin group.
+
+        eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP
+            link/ether 02:00:00:00:0c:01
+            endpoints c1 c2 vm0
+
+    The state is UP, or LOWERLAYERDOWN when the lower has no carrier.
+
+OPTIONS
+    LOWER, dev LOWER the lower to show
+    -s               add RX and TX counters: bytes, packets, errors, dropped, not_ours
+                     (frames for none of the endpoints, left to the host) and the frames
+                     the broadcast queue dropped (bcqueue_dropped)
+    -j               print a JSON list of objects with ifname, address, mtu, operstate,
+                     endpoints; with -s also stats: {rx_packets, rx_bytes, rx_errors,
+                     rx_dropped, rx_not_ours, bcqueue_dropped, tx_packets, tx_bytes,
+                     tx_errors} and bcqueue_len (schema:
+                     pymacvtap/schemas/lower-show.schema.json)
+    -p               indent the JSON
+
+EXAMPLES
+    pymacvtap -s lower show eth0
+    pymacvtap -j -s lower show | jq '.[].stats.rx_not_ours'
+"""
+
 HELP_DAEMON = """\
 pymacvtap daemon - run the daemon
 
@@ -326,7 +366,8 @@ DESCRIPTION
 OPTIONS
     --socket PATH        the control socket (default $PYMACVTAP_SOCKET, else
                          {default}); created mode 0666, its directory 0755
-    --state-dir DIR      where the configuration is saved (default {state_dir})
+    --state-dir DIR      where the configuration is saved (default {state_dir}); one
+                         daemon per state dir: a second one exits at once, naming the first
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
 

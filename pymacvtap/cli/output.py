@@ -38,7 +38,9 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     state = str(entry.get("operstate") or "UNKNOWN")
     lines = [
         f"{entry.get('ifname')}@{entry.get('link')}: <{_flags(state)}> "
-        f"mtu {entry.get('mtu')} state {state}",
+        f"mtu {entry.get('mtu')} state {state}"
+        # WAITING: configured, not created yet; why (``state WAITING lower eth0 missing``).
+        + (f" {entry['waiting']}" if entry.get("waiting") else ""),
         f"    link/ether {entry.get('address')}",
     ]
     detail = f"    {entry.get('type')} mode {entry.get('mode')}"
@@ -77,6 +79,28 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_lower(entry: dict[str, Any], stats: bool = False) -> str:
+    """One lower as ``lower show`` prints it: ip's first lines, its endpoints, its counters."""
+    state = str(entry.get("operstate") or "UNKNOWN")
+    endpoints = entry.get("endpoints") or []
+    lines = [
+        f"{entry.get('ifname')}: <{_flags(state)}> mtu {entry.get('mtu')} state {state}",
+        f"    link/ether {entry.get('address')}",
+        "    endpoints " + (" ".join(str(e) for e in endpoints) or "none"),
+    ]
+    counters = entry.get("stats")
+    if stats and isinstance(counters, dict):
+        rx_keys = ("bytes", "packets", "errors", "dropped", "not_ours")
+        tx_keys = ("bytes", "packets", "errors")
+        lines += _table("RX:", rx_keys, [counters.get(f"rx_{k}", 0) for k in rx_keys])
+        lines += _table("TX:", tx_keys, [counters.get(f"tx_{k}", 0) for k in tx_keys])
+        lines.append(
+            f"    bcqueue dropped {counters.get('bcqueue_dropped', 0)}"
+            f" queued {entry.get('bcqueue_len', 0)}"
+        )
+    return "\n".join(lines)
+
+
 def _word(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -93,12 +117,22 @@ def _word(value: object) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """``link.del vm0 reason "lower eth0 removed"``: kind, endpoint, then key value pairs."""
+    """``link.del vm0 reason "lower eth0 removed"``: kind, endpoint, then key value pairs.
+
+    A change says each attribute's old and new value and who made it:
+    ``link.set c1 up off -> on mtu 1500 -> 1400 source netdev``.
+    """
     words = [str(event.get("event", "event"))]
     if "ifname" in event:
         words.append(_word(event["ifname"]))
+    old, new = event.get("old"), event.get("new")
+    shown = {"event", "ifname"}
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in event.get("changes") or sorted(new):
+            words += [str(key), _word(old.get(key)), "->", _word(new.get(key))]
+        shown |= {"changes", "old", "new"}
     for key, value in event.items():
-        if key not in ("event", "ifname"):
+        if key not in shown:
             words += [key, _word(value)]
     return " ".join(words)
 

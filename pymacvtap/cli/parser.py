@@ -18,12 +18,14 @@ from pymacvtap.cli.help import (
     HELP_DAEMON,
     HELP_EXEC,
     HELP_LINK,
+    HELP_LOWER,
     HELP_MONITOR,
     HELP_TOP,
     HELP_VERSION,
     fill,
 )
 from pymacvtap.cli.link import link_help, parse_link
+from pymacvtap.cli.lower import parse_lower
 from pymacvtap.cli.parsed import (
     Capture,
     Command,
@@ -85,9 +87,13 @@ def parse(argv: Sequence[str]) -> tuple[Options, Parsed]:
 
 
 def _command(word: str) -> str:
-    """The command ``word`` names or uniquely abbreviates (``cap`` → capture)."""
+    """The command ``word`` names or uniquely abbreviates (``cap`` → capture).
+
+    One letter shared by several commands means the first in the table, as in ``ip``:
+    ``l`` is link (not lower).  A longer ambiguous prefix is refused.
+    """
     found = prefix_of(word, list(COMMANDS))
-    if len(found) == 1:
+    if len(found) == 1 or (found and len(word) == 1):
         return found[0]
     if found:
         usage("", f'command "{word}" is ambiguous ({_or(found)})', "")
@@ -168,7 +174,7 @@ def _parse_help(words: list[str], _opts: Options) -> Help:
     if not words:
         return Help(fill(HELP_TOP))
     found = prefix_of(words[0], list(COMMANDS))
-    if len(found) != 1:
+    if not found or (len(found) > 1 and len(words[0]) > 1):
         usage("help", f'"{words[0]}": no such command')
     if found[0] == "link" and len(words) > 1:
         return link_help(words[1]) or Help(HELP_LINK)
@@ -239,6 +245,8 @@ class CommandWord:
 # misspelt command and `help COMMAND` all read this table, so none of them can forget one.
 COMMANDS: dict[str, CommandWord] = {
     "link": CommandWord(lambda words, _opts: parse_link(words), HELP_LINK),
+    # After link: `l` stays link (see _command).
+    "lower": CommandWord(lambda words, _opts: parse_lower(words), HELP_LOWER),
     "monitor": CommandWord(_parse_monitor, HELP_MONITOR),
     "exec": CommandWord(_parse_exec, HELP_EXEC),
     "capture": CommandWord(_parse_capture, HELP_CAPTURE),

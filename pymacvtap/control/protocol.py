@@ -35,6 +35,7 @@ VERBS = (
     "link.set",
     "link.del",
     "link.show",
+    "lower.show",
     "attach",
     "capture",
     "monitor",
@@ -397,7 +398,7 @@ def check_args(verb: str, args: dict[str, Any]) -> None:
     elif verb == "link.del":
         _only(verb, args, {"name"})
         _req_name(args, required=True)
-    elif verb == "link.show":
+    elif verb in ("link.show", "lower.show"):
         _only(verb, args, {"name", "stats"})
         _req_name(args, required=False)
         if not isinstance(args.get("stats", False), bool):

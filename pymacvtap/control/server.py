@@ -80,6 +80,8 @@ class Service(Protocol):
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]: ...
 
+    def lower_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]: ...
+
     def endpoint_access(self, name: str) -> tuple[int | None, int | None]: ...
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]: ...
@@ -358,6 +360,8 @@ class ControlServer:
                 )
             queues = args.get("queues")
             return self.service.attach(name, int(queues) if queues is not None else None)
+        if verb == "lower.show":  # the host's devices: for admins (authorized above)
+            return self.service.lower_show(name, bool(args.get("stats", False)))
         assert name is not None or verb == "monitor"
         if verb == "link.add":
             return self.service.link_add(dict(args))

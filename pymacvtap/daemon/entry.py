@@ -13,6 +13,7 @@ import traceback
 
 from pymacvtap import __version__
 from pymacvtap.control.server import ControlServer
+from pymacvtap.daemon.lock import StateDirBusy, StateDirLock
 from pymacvtap.daemon.metrics import MetricsServer, bind_metrics, parse_address
 from pymacvtap.daemon.service import EndpointService
 from pymacvtap.daemon.state import StateStore
@@ -45,10 +46,27 @@ def main(args: argparse.Namespace) -> int:
         except KeyError:
             print(f"pymacvtap: daemon: group {args.admin_group}: no such group", file=sys.stderr)
             return 1
+    state_dir = args.state_dir or STATE_DIR
+    try:
+        # Before anything is touched: a second daemon on this state dir would
+        # overwrite the first one's saved endpoints (issue 16).
+        lock = StateDirLock.acquire(state_dir, socket_path)
+    except (StateDirBusy, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"pymacvtap: daemon: {reason}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, socket_path, state_dir, admin_gid)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, socket_path: str, state_dir: str, admin_gid: int | None) -> int:
+    """The daemon proper, with the state dir's lock held."""
     keep_freed_frames_mapped()
     loop = Loop()
     loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
-    service = EndpointService(loop, StateStore(args.state_dir or STATE_DIR, log.warning))
+    service = EndpointService(loop, StateStore(state_dir, log.warning))
     try:
         server = ControlServer(loop, socket_path, service, admin_gid, log)
     except OSError as exc:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
 from pymacvtap.core.mac import format_mac
+from pymacvtap.daemon import events
 from pymacvtap.daemon.config import EndpointConfig
 from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.runtime import EndpointRuntime
@@ -45,6 +46,9 @@ class EndpointOwner(Protocol):
     def emit(self, event: dict[str, Any]) -> None: ...
 
     def set_up(self, rt: EndpointRuntime, up: bool) -> None: ...
+
+    def lower_appeared(self, link: str) -> None:
+        """A device of that name is there now: endpoints waiting for it may be created."""
 
     def set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
         """A new MAC for the endpoint (``netdev_has_it``: set on its netdev with ip already)."""
@@ -159,6 +163,8 @@ class KernelFollower:
     def _lower_event(self, ev: netlink.LinkEvent) -> None:
         lower = self.lowers.get(ev.ifname)
         if lower is None:
+            if not ev.deleted:
+                self.owner.lower_appeared(ev.ifname)
             return
         owner = self.owner
         on_lower = [rt for rt in owner.endpoints.values() if rt.cfg.link == ev.ifname]
@@ -179,16 +185,29 @@ class KernelFollower:
             owner.emit({"event": "lower.carrier", "link": ev.ifname, "carrier": ev.carrier})
         if ev.mtu is not None and ev.mtu != lower.port.mtu:
             clamped = []
+            before = {rt.cfg.name: events.values(rt.ep) for rt in on_lower}
             for ep in self.engine.set_lower_mtu(ev.ifname, ev.mtu):
                 rt = owner.endpoints[ep.name]
                 clamped.append(rt.config())
+                event = events.link_set(
+                    ep.name, before[ep.name], events.values(ep), events.BY_KERNEL
+                )
+                if event is not None:
+                    owner.emit(event)
                 try:
                     netlink.set_link(rt.cfg.netdev_name, rt.cfg.netns, mtu=ep.mtu)
                 except OSError as exc:
                     log.warning("%s: cannot clamp mtu: %s", ep.name, exc)
             owner.save(f"lower {ev.ifname} mtu", put=clamped)
         if ev.mac is not None and ev.mac != lower.port.mac:
+            before = {rt.cfg.name: events.values(rt.ep) for rt in on_lower}
             self.engine.set_lower_mac(ev.ifname, ev.mac)
+            for rt in on_lower:  # a passthru endpoint's address is the lower's
+                event = events.link_set(
+                    rt.cfg.name, before[rt.cfg.name], events.values(rt.ep), events.BY_KERNEL
+                )
+                if event is not None:
+                    owner.emit(event)
 
     def _netdev_event(self, rt: EndpointRuntime, ev: netlink.LinkEvent) -> None:
         """Follow `ip link set` done directly on the endpoint's netdev."""
@@ -198,6 +217,7 @@ class KernelFollower:
             owner.save(f"netdev {cfg.netdev_name} deleted", delete=[cfg.name])
             return
         changed = False
+        before = events.values(rt.ep)
         if ev.allmulti is not None and ev.allmulti != rt.ep.allmulti:
             self.engine.set_allmulti(cfg.name, ev.allmulti)
         if cfg.kind.netdev_is_endpoint and ev.up is not None and ev.up != rt.ep.up:
@@ -220,7 +240,9 @@ class KernelFollower:
                 netlink.set_link(cfg.netdev_name, cfg.netns, address=format_mac(rt.ep.mac))
         if changed:
             owner.save(f"netdev {cfg.netdev_name} changed", put=[rt.config()])
-            owner.emit({"event": "link.set", "ifname": cfg.name, "source": "netdev"})
+            event = events.link_set(cfg.name, before, events.values(rt.ep), events.BY_NETDEV)
+            if event is not None:
+                owner.emit(event)
 
     # -- polls ---------------------------------------------------------------------------
 

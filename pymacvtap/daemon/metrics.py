@@ -177,13 +177,21 @@ class DaemonCollector:
         yield from gauges.values()
 
 
+# How often serve_forever looks for a shutdown request: close() waits up to this
+# long, and with socketserver's default (0.5 s) a SIGTERM took that long to act.
+SHUTDOWN_POLL_SECONDS = 0.02
+
+
 class MetricsServer:
     """The HTTP server serving ``/metrics``: bound, then :meth:`start`-ed; :meth:`close`."""
 
     def __init__(self, server: WSGIServer) -> None:
         self.server = server
         self.thread = threading.Thread(
-            target=server.serve_forever, name="pymacvtap-metrics", daemon=True
+            target=server.serve_forever,
+            args=(SHUTDOWN_POLL_SECONDS,),
+            name="pymacvtap-metrics",
+            daemon=True,
         )
 
     def start(self) -> None:

@@ -23,14 +23,24 @@ from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
+from pymacvtap.daemon import events
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath, SoftwarePath
 from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
+from pymacvtap.daemon.marks import Marks
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
 from pymacvtap.daemon.state import StateError, StateStore
-from pymacvtap.daemon.view import show
+from pymacvtap.daemon.view import show, show_lower
+from pymacvtap.daemon.waiting import (
+    WAITING_RETRY_SECONDS,
+    Waiting,
+    gone_for_good,
+    missing,
+    reason_of,
+    show_waiting,
+)
 from pymacvtap.io import netlink
 from pymacvtap.io.loop import Loop
 from pymacvtap.io.netns import netns_exists
@@ -52,12 +62,23 @@ class EndpointService:
         self.datapath: DataPath = SoftwarePath(loop)
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
+        # Configured endpoints not created (yet): restore never forgets one.
+        self.waiting: dict[str, Waiting] = {}
+        self.marks = Marks(state.directory)
+        loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
 
     # -- the control verbs ---------------------------------------------------------------
 
     def link_add(self, args: dict[str, Any]) -> dict[str, Any]:
         """``link add``: the request's arguments are the EndpointConfig attributes."""
-        return self.add(EndpointConfig.from_dict(args))
+        cfg = EndpointConfig.from_dict(args)
+        waiting = self.waiting.get(cfg.name)
+        if waiting is not None:
+            raise EngineError(
+                "EEXIST",
+                f"link add {cfg.name}: an endpoint of that name exists, waiting ({waiting.reason})",
+            )
+        return self.add(cfg)
 
     def add(self, cfg: EndpointConfig, *, restoring: bool = False) -> dict[str, Any]:
         where = f"link add {cfg.name}"
@@ -79,6 +100,8 @@ class EndpointService:
                 ) from None
             undo.append(lambda: self.engine.remove_endpoint(cfg.name))
             try:
+                # Our leftover of that name goes; a device not ours is refused.
+                self.marks.make_way(cfg, self._configured, restoring=restoring)
                 frontend = open_frontend(cfg, ep, restoring, lambda: self._fds_changed(cfg.name))
             except FileExistsError as exc:
                 raise ConfigError("EEXIST", f"{where}: {exc}") from None
@@ -90,6 +113,8 @@ class EndpointService:
                 ) from None
             # A restarting daemon leaves netdevs for the next one; sockets are its own.
             undo.append(lambda: frontend.close(delete=not restoring or not kind.netdev))
+            if kind.netdev:
+                self.marks.mark(cfg.netdev_name, cfg.netns, cfg.name)
             rt = EndpointRuntime(cfg, ep, frontend)
             self.endpoints[cfg.name] = rt
             undo.append(lambda: self.endpoints.pop(cfg.name, None))
@@ -116,6 +141,7 @@ class EndpointService:
         where = f"link set {name}"
         rt = self._endpoint(name, where)
         cfg = rt.cfg
+        before = events.values(rt.ep)
         try:
             if "mode" in changes:
                 self.engine.set_mode(name, Mode.parse(str(changes["mode"])))
@@ -144,20 +170,41 @@ class EndpointService:
         except ValueError as exc:
             raise ConfigError("EINVAL", f"{where}: {exc}") from None
         self.save(where, put=[rt.config()])
-        self.emit({"event": "link.set", "ifname": name, "changes": sorted(changes)})
+        event = events.link_set(name, before, events.values(rt.ep), events.BY_REQUEST, changes)
+        if event is not None:
+            self.emit(event)
         return show(rt, stats=False)
 
     def link_del(self, name: str) -> None:
+        if name in self.waiting:
+            self._forget_waiting(name)
+            return
         rt = self._endpoint(name, f"link del {name}")
         self.remove(rt, reason="deleted by request", delete_netdev=True)
         self.save(f"link del {name}", delete=[name])
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
         if name is not None:
+            if name in self.waiting:
+                return [show_waiting(self.waiting[name])]
             return [show(self._endpoint(name, f"link show {name}"), stats)]
-        return [show(rt, stats) for rt in self.endpoints.values()]
+        return [show(rt, stats) for rt in self.endpoints.values()] + [
+            show_waiting(w) for w in self.waiting.values()
+        ]
+
+    def lower_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        """``lower show``: the lowers in use (an endpoint on them), with their own counters."""
+        if name is None:
+            return [show_lower(lower.port, stats) for lower in self.lowers.table.values()]
+        lower = self.lowers.get(name)
+        if lower is None:
+            raise EngineError("ENODEV", f"lower show {name}: no endpoint uses a lower of that name")
+        return [show_lower(lower.port, stats)]
 
     def endpoint_access(self, name: str) -> tuple[int | None, int | None]:
+        if name in self.waiting:
+            cfg = self.waiting[name].cfg
+            return cfg.owner, cfg.group
         rt = self._endpoint(name, name)
         return rt.cfg.owner, rt.cfg.group
 
@@ -230,18 +277,66 @@ class EndpointService:
     # -- restore -------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Recreate the saved endpoints; drop (with a log line) those that cannot be."""
+        """Recreate the saved endpoints; those that cannot be created yet wait (never dropped)."""
         configs = self.state.load()
+        self.waiting = {cfg.name: Waiting(cfg) for cfg in configs}
+        try:
+            self.marks.sweep(configs)
+        except OSError as exc:
+            log.warning("restore: looking for leftover netdevs: %s", exc)
         for cfg in configs:
-            if cfg.netns is not None and not netns_exists(cfg.netns):
-                log.warning("restore %s: netns %s is gone; endpoint removed", cfg.name, cfg.netns)
-                continue
+            self._try_waiting(cfg.name, restoring=True)
+        self._save_all("restore")
+        waiting = f"; {len(self.waiting)} waiting" if self.waiting else ""
+        log.info("restored %d of %d endpoint(s)%s", len(self.endpoints), len(configs), waiting)
+
+    def lower_appeared(self, link: str) -> None:
+        """A device named ``link`` appeared (or changed): create the endpoints waiting for it."""
+        for name in [n for n, w in self.waiting.items() if w.cfg.link == link]:
+            self._try_waiting(name)
+
+    def _retry_waiting(self) -> None:
+        """Try the waiting endpoints again (namespaces and names set free come as no event)."""
+        try:
+            for name in list(self.waiting):
+                self._try_waiting(name)
+        finally:
+            self.loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
+
+    def _try_waiting(self, name: str, *, restoring: bool = False) -> None:
+        """Create the waiting endpoint ``name`` if it can be; else say why, once per reason."""
+        waiting = self.waiting.get(name)
+        if waiting is None or waiting.for_good:
+            return
+        cfg = waiting.cfg
+        waiting.for_good = gone_for_good(cfg)
+        reason = missing(cfg)
+        if reason is None:
             try:
                 self.add(cfg, restoring=True)
             except (ConfigError, EngineError, OSError) as exc:
-                log.warning("restore %s: %s; endpoint removed", cfg.name, exc)
-        self._save_all("restore")
-        log.info("restored %d of %d endpoint(s)", len(self.endpoints), len(configs))
+                reason = reason_of(cfg, exc)
+            else:
+                del self.waiting[name]
+                if not restoring:
+                    log.info("%s: created (it was waiting: %s)", name, waiting.reason)
+                    self.save(f"link add {name}", put=[self.endpoints[name].config()])
+                return
+        if reason != waiting.reason:
+            waiting.reason = reason
+            log.warning("%s: waiting: %s", name, reason)
+            self.emit({"event": "link.wait", "ifname": name, "reason": reason})
+
+    def _forget_waiting(self, name: str) -> None:
+        """``link del`` of a waiting endpoint: forgotten, with its netdev if one of ours is left."""
+        waiting = self.waiting.pop(name)
+        try:
+            self.marks.remove_if_ours(waiting.cfg)
+        except OSError as exc:
+            log.warning("link del %s: removing its netdev: %s", name, exc)
+        self.save(f"link del {name}", delete=[name])
+        log.info("%s: removed: deleted by request (it was waiting: %s)", name, waiting.reason)
+        self.emit({"event": "link.del", "ifname": name, "reason": "deleted by request"})
 
     # -- changes shared with following the kernel (follow.EndpointOwner) -----------------
 
@@ -311,8 +406,19 @@ class EndpointService:
     def _endpoint(self, name: str, where: str) -> EndpointRuntime:
         rt = self.endpoints.get(name)
         if rt is None:
+            waiting = self.waiting.get(name)
+            if waiting is not None:
+                raise EngineError(
+                    "EAGAIN",
+                    f"{where}: the endpoint is waiting ({waiting.reason}); "
+                    "only link show and link del apply until it is created",
+                )
             raise EngineError("ENODEV", f"{where}: no such endpoint")
         return rt
+
+    def _configured(self, name: str) -> bool:
+        """Whether ``name`` is a configured endpoint, created or waiting."""
+        return name in self.endpoints or name in self.waiting
 
     def _fds_changed(self, name: str) -> None:
         rt = self.endpoints.get(name)
@@ -322,7 +428,10 @@ class EndpointService:
     def _save_all(self, where: str) -> None:
         """Save every endpoint as a new snapshot (after restore)."""
         try:
-            self.state.save_all([rt.config() for rt in self.endpoints.values()])
+            self.state.save_all(
+                [rt.config() for rt in self.endpoints.values()]
+                + [w.cfg for w in self.waiting.values()]
+            )
         except StateError as exc:
             self._save_failed(where, exc)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pymacvtap.core.mac import format_mac
 from pymacvtap.core.modes import Mode
-from pymacvtap.core.port import Endpoint
+from pymacvtap.core.port import Endpoint, Port
 from pymacvtap.daemon.runtime import EndpointRuntime
 
 
@@ -51,7 +51,8 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
     """One endpoint as ``link show`` presents it (the link-show JSON schema)."""
     cfg, ep = rt.cfg, rt.ep
     entry: dict[str, Any] = {
-        "ifname": cfg.name,
+        "name": cfg.name,
+        "ifname": cfg.name,  # the same: kept for earlier consumers (link-show schema)
         "link": cfg.link,
         "type": cfg.type,
         "mode": ep.mode.label,
@@ -78,4 +79,20 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
         queue_stats = rt.frontend.queue_stats()
         if queue_stats is not None:
             entry["queue_stats"] = queue_stats
+    return entry
+
+
+def show_lower(port: Port, stats: bool) -> dict[str, Any]:
+    """One lower in use as ``lower show`` presents it (the lower-show JSON schema)."""
+    entry: dict[str, Any] = {
+        "ifname": port.name,
+        "address": format_mac(port.mac),
+        "mtu": port.mtu,
+        "operstate": "UP" if port.up else "LOWERLAYERDOWN",
+        "endpoints": sorted(port.endpoints),
+    }
+    if stats:
+        # The same counters as an endpoint's lower_stats (link show -j -s).
+        entry["stats"] = port.stats.as_dict()
+        entry["bcqueue_len"] = len(port.bc_queue)
     return entry

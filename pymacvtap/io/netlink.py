@@ -57,6 +57,7 @@ class LinkInfo:
     operstate: str
     flags: int
     kind: str | None  # rtnl_link kind ("veth", "tun", ...); None for hardware NICs
+    alias: str | None = None  # IFLA_IFALIAS (`ip link set DEV alias TEXT`)
 
     @property
     def promisc(self) -> bool:
@@ -153,6 +154,7 @@ def _info(msg: Any) -> LinkInfo:
         operstate=str(msg.get("operstate") or "UNKNOWN"),
         flags=flags,
         kind=msg.get(("linkinfo", "kind")),
+        alias=msg.get("ifalias") or None,
     )
 
 
@@ -160,6 +162,25 @@ def link_info(ifname: str, ns: str | None = None) -> LinkInfo:
     """The state of device ``ifname`` in ``ns``; raises LinkNotFound."""
     with _rtnl(ns) as ipr:
         return _info(_get(ipr, ifname, ns))
+
+
+def links(ns: str | None = None) -> list[LinkInfo]:
+    """Every device of ``ns``, in one dump."""
+    with _rtnl(ns) as ipr:
+        try:
+            return [_info(msg) for msg in ipr.link("dump")]
+        except NetlinkError as exc:
+            raise _netlink_error(exc, "link dump") from None
+
+
+def set_alias(ifname: str, ns: str | None, alias: str) -> None:
+    """Set the device's IFLA_IFALIAS (what `ip link set DEV alias TEXT` sets)."""
+    index = _index(ifname, ns)
+    with _rtnl(ns) as ipr:
+        try:
+            ipr.link("set", index=index, ifalias=alias)
+        except NetlinkError as exc:
+            raise _netlink_error(exc, f"{ifname}: set alias") from None
 
 
 def link_exists(ifname: str, ns: str | None = None) -> bool:

@@ -23,6 +23,8 @@ TITLES = {
     "link add": "pymacvtap link add - ",
     "link set": "pymacvtap link set - ",
     "link del": "pymacvtap link del - ",
+    "lower": "pymacvtap lower show - ",
+    "lower show": "pymacvtap lower show - ",
     "monitor": "pymacvtap monitor - ",
     "exec": "pymacvtap exec - ",
     "capture": "pymacvtap capture - ",
@@ -107,10 +109,38 @@ def test_daemon_and_help_abbreviate_too() -> None:
     assert help_title("help ver").startswith(TITLES["version"])
 
 
-def test_every_prefix_of_every_command_is_unique_today() -> None:
+def test_every_prefix_of_every_command_is_unique_but_l() -> None:
+    # `l` is both link and lower; it means link, as in ip (the first in the table).
     for name in COMMANDS:
         for end in range(1, len(name) + 1):
-            assert prefix_of(name[:end], list(COMMANDS)) == [name]
+            prefix = name[:end]
+            if prefix == "l":
+                assert prefix_of(prefix, list(COMMANDS)) == ["link", "lower"]
+                continue
+            assert prefix_of(prefix, list(COMMANDS)) == [name]
+
+
+def test_l_is_link_and_lo_is_lower() -> None:
+    assert parse(["l"])[1] == Command("link.show", {}, "link show")
+    assert parse(["lo"])[1] == Command("lower.show", {}, "lower show")
+    assert parse(["low", "sh", "eth0"])[1] == Command(
+        "lower.show", {"name": "eth0"}, "lower show eth0"
+    )
+    assert parse(["lower", "show", "dev", "eth0"])[1] == Command(
+        "lower.show", {"name": "eth0"}, "lower show eth0"
+    )
+    assert help_title("help lo").startswith("pymacvtap lower show")
+    assert help_title("lower --help").startswith("pymacvtap lower show")
+
+
+def test_lower_show_refuses_extra_words(capsys: pytest.CaptureFixture[str]) -> None:
+    assert usage_error("lower show eth0 eth1", capsys).strip() == (
+        'pymacvtap: lower show: "eth1": unexpected word after LOWER eth0; '
+        "see `pymacvtap lower --help`"
+    )
+    assert usage_error("lower frob", capsys).strip() == (
+        'pymacvtap: lower: unknown subcommand "frob" (show); see `pymacvtap lower --help`'
+    )
 
 
 def test_an_ambiguous_prefix_is_no_command() -> None:
@@ -137,8 +167,8 @@ def test_a_misspelt_command_gets_a_suggestion_from_the_whole_table(
 def test_no_command_given_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error("", capsys)
     assert err == (
-        "pymacvtap: no command given (link, monitor, exec, capture, version, daemon or help);"
-        " see `pymacvtap --help`\n"
+        "pymacvtap: no command given (link, lower, monitor, exec, capture, version, daemon or "
+        "help); see `pymacvtap --help`\n"
     )
     for name in COMMANDS:
         assert name in err

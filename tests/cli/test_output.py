@@ -99,3 +99,20 @@ def test_json_forms() -> None:
     assert dump_json(Options(), value) == '[{"ifname": "vm0", "mtu": 1500}]'
     assert dump_json(Options(pretty=True), value) == json.dumps(value, indent=2)
     assert event_json({"event": "x", "ifname": "vm0"}) == '{"event":"x","ifname":"vm0"}'
+
+
+def test_a_change_event_says_the_old_and_the_new_value_and_who_made_it() -> None:
+    up = {"event": "link.set", "ifname": "ncx", "source": "request", "changes": ["up"],
+          "old": {"up": False}, "new": {"up": True}}  # fmt: skip
+    down = {**up, "old": {"up": True}, "new": {"up": False}}
+    assert format_event(up) == "link.set ncx up off -> on source request"
+    assert format_event(down) == "link.set ncx up on -> off source request"
+    netdev = {"event": "link.set", "ifname": "c1", "source": "netdev",
+              "changes": ["address", "mtu"],
+              "old": {"address": "02:00:00:00:00:01", "mtu": 1500},
+              "new": {"address": "02:00:00:00:00:02", "mtu": 1400}}  # fmt: skip
+    assert format_event(netdev) == (
+        "link.set c1 address 02:00:00:00:00:01 -> 02:00:00:00:00:02 mtu 1500 -> 1400 source netdev"
+    )
+    wait = {"event": "link.wait", "ifname": "c1", "reason": "lower eth0 missing"}
+    assert format_event(wait) == 'link.wait c1 reason "lower eth0 missing"'

@@ -21,7 +21,7 @@ GROUP_PRIMARY = Caller(1600, GROUP)
 GROUP_SUPP = Caller(1601, 100, frozenset({GROUP}))
 STRANGER = Caller(1700, 100, frozenset({50, 60}))
 
-ADMIN_VERBS = ["link.add", "link.set", "link.del", "monitor"]
+ADMIN_VERBS = ["link.add", "link.set", "link.del", "lower.show", "monitor"]
 ENDPOINT_VERBS = ["link.show", "capture", "attach"]
 
 # caller, may use admin verbs, may use endpoint verbs on the endpoint

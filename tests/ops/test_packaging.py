@@ -85,7 +85,7 @@ def test_install_sh_gives_every_user_working_commands(installed: Installed) -> N
     )
     where, schemas, fast_path = out.splitlines()
     assert where.startswith(str(installed.prefix)), where
-    assert schemas == "['link-show.schema.json', 'monitor.schema.json']"
+    assert schemas == "['link-show.schema.json', 'lower-show.schema.json', 'monitor.schema.json']"
     assert fast_path == "True"  # the programs `make bpf` compiled travel with the package
 
     with temporary_user() as user:

@@ -200,11 +200,57 @@ def test_monitor_lines_match_the_schema(lab: Lab, daemon: DaemonProcess, tmp_pat
         {"event": "link.del", "ifname": "x", "reason": "gone", "extra": 1},
         {"event": "lower.carrier", "link": "low0", "carrier": "yes"},
         {"event": "frobbed", "ifname": "x"},
+        {
+            "event": "link.set",
+            "ifname": "x",
+            "source": "request",
+            "changes": ["mtu"],
+            "old": {"mtu": 1500},
+            "new": {"mtu": "1400"},
+        },
+        {"event": "link.set", "ifname": "x", "changes": ["mtu", "up"]},
+        {"event": "link.wait", "ifname": "x"},
     ):
         assert errors(validator, bad) != [], bad
+    # Emitted only at start or on a later retry (tests/integration/test_lifecycle.py).
+    wait = {"event": "link.wait", "ifname": "c1", "reason": "lower eth0 missing"}
+    assert errors(validator, wait) == []
 
 
-@pytest.mark.parametrize("name", ["link-show", "monitor"])
+def test_lower_show_gives_the_lowers_own_counters_as_the_schema_says(
+    lab: Lab, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    validator = schema("lower-show")
+    netns = add_every_kind(lab, daemon, tmp_path)
+    ping = ["ip", "netns", "exec", netns["c1"], "ping", "-c", "3", "-i", "0.2", "-W", "1"]
+    subprocess.run([*ping, EXT_IP], check=True, capture_output=True)
+    plain = json.loads(daemon.cli("-j", "lower", "show"))
+    stats = json.loads(daemon.cli("-j", "-s", "lower", "show", "low0"))
+    for doc in (plain, stats):
+        assert errors(validator, doc) == []
+    [low0] = stats
+    assert low0["ifname"] == "low0" and "c1" in low0["endpoints"]
+    # The same counters as an endpoint's lower_stats, without going through an endpoint.
+    endpoint = json.loads(daemon.cli("-j", "-s", "link", "show", "c1"))[0]
+    assert low0["stats"]["tx_packets"] >= 3
+    assert low0["stats"].keys() == endpoint["lower_stats"].keys()
+    text = daemon.cli("-s", "lower", "show", "low0").splitlines()
+    assert text[0].startswith("low0: <") and "state UP" in text[0]
+    assert text[2].startswith("    endpoints ") and "c1" in text[2].split()
+    assert any(line.strip().startswith("RX:") for line in text)
+    missing = daemon.run_cli("lower", "show", "nosuch0")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "pymacvtap: lower show nosuch0: no endpoint uses a lower of that name"
+    )
+    # The help's -j paragraph names exactly the schema's fields.
+    help_text = daemon.cli("lower", "--help")
+    lower = schema("lower-show").schema["$defs"]["lower"]
+    for field in [*lower["properties"], *lower["properties"]["stats"]["properties"]]:
+        assert re.search(rf"\b{field}\b", help_text), field
+
+
+@pytest.mark.parametrize("name", ["link-show", "lower-show", "monitor"])
 def test_schemas_are_valid_draft_2020_12(name: str) -> None:
     assert schema(name).schema["$schema"].endswith("2020-12/schema")
     jsonschema.Draft202012Validator.check_schema(schema(name).schema)

@@ -14,7 +14,16 @@ from lab.fixtures import LOWER_MAC, Containers
 from lab.monitor import EventMonitor
 from lab.transfer import DigestReceiver
 from pymacvtap.daemon.state import StateStore
-from tests.reliability.helpers import DgramVM, StreamVM, add_vm, frame, mac_of, public_dir, record
+from tests.reliability.helpers import (
+    SCALE,
+    DgramVM,
+    StreamVM,
+    add_vm,
+    frame,
+    mac_of,
+    public_dir,
+    record,
+)
 
 
 def test_lower_down_up_and_deleted_recreated(
@@ -133,8 +142,8 @@ def test_corrupt_state_file_uses_the_last_good_copy(
 
 
 def state_files(directory: Path) -> dict[str, bytes]:
-    """The state dir's files and their contents (the test's filler aside)."""
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != "filler"}
+    """The state dir's files and their contents (the test's filler and the lock aside)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name not in ("filler", "lock")}
 
 
 def test_disk_full_while_saving(lab: Lab, tmp_path: Path, containers: Containers) -> None:
@@ -264,3 +273,133 @@ def _try_stream(path: Path) -> bool:
             return True
     finally:
         vm.close()
+
+
+# -- state faults at restart (issue 16): nothing configured is ever lost -----------------
+
+
+def _names(daemon: DaemonProcess) -> list[str]:
+    return sorted(e["ifname"] for e in daemon.show())
+
+
+def _all_created(daemon: DaemonProcess) -> bool:
+    return all(e["operstate"] != "WAITING" for e in daemon.show())
+
+
+def _saved(daemon: DaemonProcess) -> list[str]:
+    return sorted(cfg.name for cfg in StateStore(str(daemon.state_dir)).load())
+
+
+def test_restart_faults_never_lose_the_configuration(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """A second daemon, a renamed lower, a missing lower, a missing netns: each round."""
+    containers.add("c1", "vepa")
+    ns2 = containers.add("c2", "bridge")
+    expected = ["c1", "c2"]
+    for _ in range(SCALE):
+        # A second daemon on the same state dir is refused and changes nothing.
+        second = subprocess.run(
+            ["ip", "netns", "exec", lab.host, sys.executable, "-m", "pymacvtap", "daemon",
+             "--socket", str(daemon.state_dir.parent / "second.sock"),
+             "--state-dir", str(daemon.state_dir)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert second.returncode == 1 and f"pid {daemon.pid}" in second.stderr
+        assert _names(daemon) == expected and _saved(daemon) == expected
+        record("faults injected: second daemon on the state dir")
+
+        # The lower renamed while the daemon is down, then renamed back.
+        daemon.stop()
+        ip(lab.host, "link", "set", "low0", "down")
+        ip(lab.host, "link", "set", "low0", "name", "low0r")
+        daemon.start()
+        assert {e["operstate"] for e in daemon.show()} == {"WAITING"}
+        assert _saved(daemon) == expected
+        ip(lab.host, "link", "set", "low0r", "name", "low0")
+        ip(lab.host, "link", "set", "low0", "up")
+        assert wait_until(lambda: _all_created(daemon))
+        assert wait_until(lambda: containers.ping("c1", "c2", count=1), 8)
+        record("faults injected: lower renamed while the daemon was down")
+
+        # The lower deleted while the daemon is down (a driver not loaded yet), then back.
+        daemon.stop()
+        lab.delete_link("low0")
+        lab.lowers.pop("low0")
+        daemon.start()
+        assert daemon.show("c1")["waiting"] == "lower low0 missing"
+        lab.add_lower("low0", LOWER_MAC, hairpin=True)
+        assert wait_until(lambda: _all_created(daemon))
+        assert wait_until(lambda: containers.ping("c2", "ext", count=1), 8)
+        record("faults injected: lower missing at start")
+
+        # c2's namespace missing at start; it comes back (a new, empty one).
+        daemon.stop()
+        ip(None, "netns", "del", ns2)
+        daemon.start()
+        assert daemon.show("c2")["waiting"] == f"netns {ns2} missing"
+        assert _saved(daemon) == expected
+        ip(None, "netns", "add", ns2)
+        assert wait_until(lambda: _all_created(daemon))
+        ip(ns2, "addr", "add", f"{containers.address['c2']}/24", "dev", "eth0")
+        ip(ns2, "link", "set", "eth0", "up")
+        assert wait_until(lambda: containers.ping("c1", "c2", count=1), 8)
+        record("faults injected: netns missing at start")
+    assert _names(daemon) == expected and _saved(daemon) == expected
+
+
+def test_power_loss_between_the_journal_write_and_the_snapshot(
+    tmp_path: Path, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """Every point a compaction can be cut at loads as the state with the journal's change.
+
+    The change is in the journal (fdatasync'd) when the daemon dies; the files a
+    compaction leaves at each of its steps are laid out by hand, as a power loss
+    would leave them, and a daemon is started on each.
+    """
+    containers.add("c1", "vepa")
+    containers.add("c2", "bridge")
+    daemon.stop()
+    daemon.start()  # a fresh snapshot, no journal
+    assert wait_until(lambda: all(e["operstate"] == "UP" for e in daemon.show()))
+    daemon.cli("link", "set", "c1", "mtu", "1400")  # only in the journal
+    daemon.kill()  # power loss: nothing more written
+    state = daemon.state_dir
+    old = {p.name: p.read_bytes() for p in state.iterdir() if p.name.startswith("state")}
+    assert set(old) >= {"state.json", "state.journal"}
+    # The snapshot that compaction would have written, made in a copy of the files.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, data in old.items():
+        (scratch / name).write_bytes(data)
+    store = StateStore(str(scratch))
+    store.save_all(store.load())
+    new_snapshot = (scratch / "state.json").read_bytes()
+
+    def lay_out(files: dict[str, bytes]) -> None:
+        for path in state.iterdir():
+            if path.name.startswith("state"):
+                path.unlink()
+        for name, data in files.items():
+            (state / name).write_bytes(data)
+
+    snapshot, journal = old["state.json"], old["state.journal"]
+    cut_points = {
+        "tmp written": {"state.json": snapshot, "state.journal": journal,
+                        "state.json.tmp": new_snapshot[: len(new_snapshot) // 2]},
+        "snapshot moved to .bak": {"state.json.bak": snapshot, "state.journal": journal,
+                                   "state.json.tmp": new_snapshot},
+        "journal moved to .bak": {"state.json.bak": snapshot, "state.journal.bak": journal,
+                                  "state.json.tmp": new_snapshot},
+        "new snapshot in place": {"state.json.bak": snapshot, "state.journal.bak": journal,
+                                  "state.json": new_snapshot},
+    }  # fmt: skip
+    for point, files in cut_points.items():
+        lay_out(files)
+        daemon.start()
+        shown = {e["ifname"]: e["mtu"] for e in daemon.show()}
+        assert shown == {"c1": 1400, "c2": 1500}, (point, shown)
+        daemon.kill()
+        record("faults injected: power loss during a compaction")
+    daemon.start()
+    assert containers.ping("c1", "c2")

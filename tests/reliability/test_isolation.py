@@ -168,6 +168,9 @@ def test_refusals_for_every_verb_and_frontend(lab: Lab, daemon: DaemonProcess) -
                 refused += 1
         mon = daemon.run_cli("monitor", user=who)
         assert mon.returncode != 0 and "permission denied" in mon.stderr
+        lowers = daemon.run_cli("lower", "show", user=who)  # the host's devices: admins only
+        assert lowers.returncode != 0 and "permission denied" in lowers.stderr, lowers.stderr
+        refused += 1
         assert daemon.run_cli("-j", "link", "show", user=who).stdout.strip() == "[]"
         assert daemon.run_cli("version", user=who).returncode == 0  # open to all
         refused += 1
