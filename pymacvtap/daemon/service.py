@@ -148,6 +148,7 @@ class EndpointService:
         return show(rt, stats=False)
 
     def link_del(self, name: str) -> None:
+        self.follower.catch_up()  # its netdev may have moved meanwhile
         rt = self._endpoint(name, f"link del {name}")
         self.remove(rt, reason="deleted by request", delete_netdev=True)
         self.save(f"link del {name}", delete=[name])

@@ -1,0 +1,44 @@
+"""An endpoint's netdev moved to another namespace by someone else goes on being the endpoint.
+
+Docker does this to every container netdev (into the sandbox, renamed eth0, and
+back out before it deletes the endpoint); here it is done with ``ip link``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lab import Lab
+from lab.daemon import DaemonProcess, wait_until
+from lab.fixtures import Containers
+from lab.netns import ip
+
+pytestmark = pytest.mark.root
+
+
+def test_a_moved_and_renamed_netdev_stays_the_endpoint(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    old = containers.add("c1", "bridge")
+    new = lab.add_netns("c1b")
+    ip(old, "link", "set", "eth0", "netns", new, "name", "net1")
+    assert wait_until(lambda: daemon.show("c1").get("netns") == new)
+    shown = daemon.show("c1")
+    assert shown["netdev"] == "net1"
+    ip(new, "addr", "add", f"{containers.address['c1']}/24", "dev", "net1")
+    ip(new, "link", "set", "net1", "up")
+    containers.netns["c1"] = new
+    assert containers.ping("c1", "ext")
+    # Moved back to the daemon's own namespace, and deleted from there by `link del`.
+    ip(new, "link", "set", "net1", "netns", daemon.netns, "name", "c1")
+    assert wait_until(lambda: daemon.show("c1").get("netns") is None)
+    daemon.cli("link", "del", "c1")
+    assert "c1" not in ip(daemon.netns, "-o", "link", "show")
+
+
+def test_a_netdev_really_deleted_removes_the_endpoint(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    ns = containers.add("c1", "bridge")
+    ip(ns, "link", "del", "eth0")
+    assert wait_until(lambda: daemon.show() == [])
