@@ -25,6 +25,7 @@ from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath, SoftwarePath
+from pymacvtap.daemon.dhcp import DhcpKeeper
 from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
@@ -52,6 +53,7 @@ class EndpointService:
         self.datapath: DataPath = SoftwarePath(loop)
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
+        self.dhcp = DhcpKeeper(loop, self.lowers, self)
 
     # -- the control verbs ---------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class EndpointService:
                     log.exception("%s: rollback step failed", where)
             raise
         self.datapath.attach_endpoint(rt)
+        if cfg.dhcp:
+            self.dhcp.keep(rt)
         self.emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
         return show(rt, stats=False)
 
@@ -150,6 +154,7 @@ class EndpointService:
     def link_del(self, name: str) -> None:
         self.follower.catch_up()  # its netdev may have moved meanwhile
         rt = self._endpoint(name, f"link del {name}")
+        self.dhcp.stop(rt, release=True)
         self.remove(rt, reason="deleted by request", delete_netdev=True)
         self.save(f"link del {name}", delete=[name])
 
@@ -248,6 +253,7 @@ class EndpointService:
 
     def remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
         cfg = rt.cfg
+        self.dhcp.stop(rt, release=False)
         self.datapath.detach_endpoint(rt)
         try:
             rt.frontend.close(delete=delete_netdev or not cfg.kind.netdev)
