@@ -175,12 +175,14 @@ class KernelFollower:
         for i, ev in enumerate(events):
             if netns is None:
                 self._lower_event(ev)
-            if last[ev.ifindex] != i:
-                continue
             rt = self._netdevs.get((netns, ev.ifname))
             if rt is not None:
+                # Learnt from every event, stale ones too: a batch may end with the
+                # netdev under another name (renamed, then moved away by Docker).
                 self._indexes[netns, ev.ifindex] = rt
-            else:
+            if last[ev.ifindex] != i:
+                continue
+            if rt is None:
                 rt = self._indexes.get((netns, ev.ifindex))
             if rt is not None and rt.cfg.name in self.owner.endpoints:
                 self._netdev_event(rt, ev)
@@ -271,13 +273,15 @@ class KernelFollower:
             self.owner.save(f"netdev {cfg.netdev_name} moved", delete=[cfg.name])
             return
         self._relocate(rt, netns, ifname, ifindex)
-        # Events from before the new namespace's watcher existed are lost: read the state.
+        # Changes made before the new namespace's watcher existed (Docker renames the
+        # netdev and sets it up at once) came as no event: read them now that it does.
         try:
+            renamed = name_by_index(ifindex, netns)
+            if renamed != ifname:
+                self._relocate(rt, netns, renamed, ifindex)
             self.follow_netdev(rt, initial=False, restoring=False)
-        except netlink.LinkNotFound:
-            pass  # renamed again meanwhile: its event (found by index) follows
         except OSError as exc:
-            log.warning("%s: reading the moved netdev: %s", cfg.name, exc)
+            log.info("%s: reading the moved netdev: %s (its events will tell)", cfg.name, exc)
 
     def _relocate(self, rt: EndpointRuntime, netns: str | None, ifname: str, ifindex: int) -> None:
         """The endpoint's netdev is now ``ifname`` in ``netns`` (renamed, moved, or both)."""

@@ -58,7 +58,7 @@ class Dockerd:
         argv = [
             "nsenter", f"--net=/run/netns/{self.netns}", "dockerd",
             "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none",
-            "--userland-proxy=false", "--storage-driver=vfs",
+            "--userland-proxy=false", "--storage-driver=vfs", "--live-restore",
             f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
             f"--pidfile={self.root / 'docker.pid'}", "-H", self.host,
         ]  # fmt: skip
@@ -207,6 +207,15 @@ def test_containers_on_a_pymacvtap_network(
     # The outside host, and the other container through the switch's hairpin.
     dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
     dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.12")
+    # Either side restarted (dockerd with --live-restore keeps the containers running):
+    # the daemon finds the netdevs inside the containers again, where they were moved.
+    dockerd.stop()
+    dockerd.start()
+    daemon.stop()
+    daemon.start()
+    assert len(daemon.show()) == 2
+    dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.11")
+    dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
     dockerd.docker("rm", "-f", "c1", "c2")
     dockerd.docker("network", "rm", "pmvnet")
     assert daemon.show() == []
