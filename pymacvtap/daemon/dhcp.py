@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -110,12 +111,15 @@ class DhcpKeeper:
             kept.timer.cancel()
         if release and kept.started:
             kept.client.release(time.time())
-            self._send(kept)
-            # The lower may go with this endpoint: the RELEASE leaves now, not at the breath.
+            # Straight onto the wire, not through the engine: by link del the netdev is
+            # often down (Docker sets it down to move it out of the container), and the
+            # engine drops what a down endpoint sends; the lower may also go with this
+            # endpoint before the next breath.  A RELEASE is unicast to the LAN's server.
+            frames = deque(Frame(data) for data in kept.client.frames_to_send())
             lower = self.lowers.get(rt.cfg.link)
-            if lower is not None and lower.port.tx_queue:
-                lower.sock.send_batch(lower.port.tx_queue)
-            log.info("%s: dhcp: lease released", rt.cfg.name)
+            if lower is not None and frames:
+                lower.sock.send_batch(frames)
+                log.info("%s: dhcp: lease released", rt.cfg.name)
 
     # -- driving the clients ---------------------------------------------------------------
 

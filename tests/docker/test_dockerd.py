@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.daemon import DaemonProcess
+from lab.daemon import DaemonProcess, wait_until
+from lab.dnsmasq import dnsmasq
 from lab.fixtures import lab_with_lower, running_daemon
 from lab.netns import ip, unique_prefix
 
@@ -222,3 +223,45 @@ def test_containers_on_a_pymacvtap_network(
     # Docker moves the netdevs back out of the containers before DeleteEndpoint: the
     # daemon must delete them then, where they are by then.
     assert not re.search(r": pmv[0-9a-f]{12}[:@]", ip(daemon.netns, "-o", "link", "show"))
+
+
+@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
+def test_dhcp_network_gets_leases_from_the_lan(
+    docker_lab: tuple[Dockerd, DaemonProcess, str], tmp_path: Path
+) -> None:
+    """``-o dhcp=on --ipam-driver null``: the daemon leases each container's address from
+    dnsmasq on the outside host, puts it on eth0 inside the container, and releases it
+    when the container goes."""
+    dockerd, daemon, driver = docker_lab
+    outside = daemon.netns.removesuffix("host") + "ext"
+    with dnsmasq(
+        outside, "eth0", tmp_path, f"{SUBNET}.50", f"{SUBNET}.60", f"{SUBNET}.100"
+    ) as server:
+        dockerd.docker(
+            "network", "create", "-d", driver, "--ipam-driver", "null",
+            "-o", "parent=low0", "-o", "mode=vepa", "-o", "dhcp=on", "pmvdhcp",
+        )  # fmt: skip
+        addresses = {}
+        for name in ("d1", "d2"):
+            dockerd.docker(
+                "run", "-d", "--name", name, "--network", "pmvdhcp", IMAGE, "sleep", "600"
+            )
+        for name in ("d1", "d2"):
+            assert wait_until(
+                lambda name=name: (
+                    "inet "
+                    in dockerd.docker("exec", name, "ip", "-o", "-4", "addr", "show", "eth0").stdout
+                ),
+                timeout=15,
+            ), daemon.log()
+            out = dockerd.docker("exec", name, "ip", "-o", "-4", "addr", "show", "eth0").stdout
+            addresses[name] = out.split("inet ")[1].split("/")[0]
+        assert addresses["d1"] != addresses["d2"]
+        assert {lease.address for lease in server.leases()} == set(addresses.values())
+        assert f"default via {SUBNET}.100" in dockerd.docker("exec", "d1", "ip", "route").stdout
+        dockerd.docker("exec", "d1", "ping", "-c", "1", "-W", "3", addresses["d2"])
+        dockerd.docker("exec", "d2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
+        dockerd.docker("rm", "-f", "d1", "d2")
+        dockerd.docker("network", "rm", "pmvdhcp")
+        assert daemon.show() == []
+        assert wait_until(lambda: server.leases() == [], timeout=5), server.log()
