@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from lab.daemon import DaemonProcess, wait_until
 from lab.dnsmasq import dnsmasq
 from lab.fixtures import lab_with_lower, running_daemon
 from lab.netns import ip, unique_prefix
+from lab.rootfs import busybox_rootfs
 
 pytestmark = [
     pytest.mark.root,
@@ -94,20 +94,6 @@ class Dockerd:
         if check and proc.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
         return proc
-
-
-def busybox_rootfs(path: Path) -> None:
-    """A tar of a root file system holding busybox and the applets the test runs."""
-    with tarfile.open(path, "w") as tar:
-        for directory in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        tar.add("/bin/busybox", "bin/busybox")
-        for applet in ("sh", "sleep", "ping", "ip", "cat"):
-            info = tarfile.TarInfo(f"bin/{applet}")
-            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(info)
 
 
 @contextlib.contextmanager
