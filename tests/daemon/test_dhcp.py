@@ -8,6 +8,8 @@ endpoint's MAC and host name, and forgets the lease when the endpoint is deleted
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 from importlib import resources
@@ -21,6 +23,7 @@ from lab.daemon import DaemonProcess, wait_until
 from lab.dnsmasq import dnsmasq
 from lab.fixtures import EXT_IP, SUBNET, Containers
 from lab.netns import ip
+from lab.readme import code_blocks
 
 pytestmark = [
     pytest.mark.root,
@@ -118,3 +121,37 @@ def test_dhcp_is_for_macvlan_endpoints(daemon: DaemonProcess) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "dhcp: only macvlan endpoints" in proc.stderr
+
+
+def test_the_guides_dhcp_example(lab: Lab, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """docs/containers.md's DHCP example as written, but for the lab's lower and namespace."""
+    block = code_blocks("DHCP", "sh", doc="docs/containers.md")[0]
+    lines = [ln.split("#")[0].strip() for ln in block.replace("\\\n", " ").splitlines()]
+    shown = [ln for ln in block.splitlines() if ln.startswith("#     dhcp ")]
+    assert shown, block
+    with dnsmasq(lab.ext, lab.ext_dev, tmp_path, f"{SUBNET}.50", f"{SUBNET}.60", EXT_IP) as server:
+        ns = ""
+        for line in filter(None, lines):
+            words = shlex.split(line)
+            if words[:3] == ["ip", "netns", "add"]:
+                ns = lab.add_netns(words[3])
+            elif words[:2] == ["ip", "-n"]:
+                ip(ns, *words[3:])
+            elif words[:3] == ["pymacvtap", "link", "show"]:
+                assert wait_until(lambda: leased(daemon, "c1") is not None, timeout=15)
+                text = daemon.cli(*words[1:])
+                # The guide's line, with the lease's address and expiry left open.
+                pattern = re.escape(shown[0].removeprefix("#").strip())
+                pattern = pattern.replace(re.escape("10.97.0.51"), r"10\.97\.0\.\d+")
+                pattern = pattern.replace(re.escape("…"), r"\S+")
+                assert re.search(pattern, text), text
+            else:
+                assert words[0] == "pymacvtap", line
+                args = [
+                    {"eth0": "low0", "c1": ns}.get(w, w) if prev in ("link", "netns") else w
+                    for prev, w in zip(words[:-1], words[1:], strict=True)
+                ]
+                daemon.cli(*args)
+        assert daemon.show() == []
+        assert server.leases() == []
+        assert "DHCPRELEASE" in server.log()

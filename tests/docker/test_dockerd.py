@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from lab.daemon import DaemonProcess, wait_until
 from lab.dnsmasq import dnsmasq
 from lab.fixtures import lab_with_lower, running_daemon
 from lab.netns import ip, unique_prefix
+from lab.readme import code_blocks
 from lab.rootfs import busybox_rootfs
 
 pytestmark = [
@@ -175,25 +177,40 @@ def test_docker_takes_the_driver_answers(
     assert state == {"networks": {}, "endpoints": {}}
 
 
+def guide_lines(section: str, driver: str, doc: str = "docs/containers.md") -> list[list[str]]:
+    """The ``docker`` commands of a section of docs/containers.md, as argument lists for
+    the test's dockerd: its driver name, the lab's lower and the imported image."""
+    commands = []
+    for block in code_blocks(section, "sh", doc=doc):
+        for line in block.replace("\\\n", " ").splitlines():
+            for command in line.split("#")[0].split("&&"):
+                words = shlex.split(command)
+                if words[:1] != ["docker"]:
+                    continue
+                replaced = {"pymacvtap": driver, "parent=eth0": "parent=low0", "busybox": IMAGE}
+                commands.append([replaced.get(w, w) for w in words[1:]])
+    return commands
+
+
 def test_containers_on_a_pymacvtap_network(
     docker_lab: tuple[Dockerd, DaemonProcess, str],
 ) -> None:
+    """The guide's example (docs/containers.md, Docker), with both daemons restarted
+    before the containers are removed."""
     dockerd, daemon, driver = docker_lab
-    dockerd.docker(
-        "network", "create", "-d", driver, "-o", "parent=low0", "-o", "macvlan_mode=vepa",
-        "--subnet", f"{SUBNET}.0/24", "--gateway", f"{SUBNET}.1", "pmvnet",
-    )  # fmt: skip
-    for i in (1, 2):
-        dockerd.docker(
-            "run", "-d", "--name", f"c{i}", "--network", "pmvnet", "--ip", f"{SUBNET}.1{i}",
-            IMAGE, "sleep", "600",
-        )  # fmt: skip
+    create, run1, run2, ping, rm, network_rm = guide_lines("Docker", driver)
+    # The README's example is the guide's beginning: running one runs the other.
+    readme = guide_lines("Docker", driver, doc="README.md")
+    assert readme == [create, run1]
+    assert create[:2] == ["network", "create"] and "macvlan_mode=vepa" in create
+    for command in (create, run1, run2):
+        dockerd.docker(*command)
     shown = daemon.show()
     assert len(shown) == 2, shown
     assert {e["mode"] for e in shown} == {"vepa"}
-    # The outside host, and the other container through the switch's hairpin.
+    # The other container through the switch's hairpin, and the outside host.
+    dockerd.docker(*ping)
     dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
-    dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.12")
     # Either side restarted (dockerd with --live-restore keeps the containers running):
     # the daemon finds the netdevs inside the containers again, where they were moved.
     dockerd.stop()
@@ -203,8 +220,8 @@ def test_containers_on_a_pymacvtap_network(
     assert len(daemon.show()) == 2
     dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.11")
     dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
-    dockerd.docker("rm", "-f", "c1", "c2")
-    dockerd.docker("network", "rm", "pmvnet")
+    dockerd.docker(*rm)
+    dockerd.docker(*network_rm)
     assert daemon.show() == []
     # Docker moves the netdevs back out of the containers before DeleteEndpoint: the
     # daemon must delete them then, where they are by then.
@@ -223,15 +240,12 @@ def test_dhcp_network_gets_leases_from_the_lan(
     with dnsmasq(
         outside, "eth0", tmp_path, f"{SUBNET}.50", f"{SUBNET}.60", f"{SUBNET}.100"
     ) as server:
-        dockerd.docker(
-            "network", "create", "-d", driver, "--ipam-driver", "null",
-            "-o", "parent=low0", "-o", "mode=vepa", "-o", "dhcp=on", "pmvdhcp",
-        )  # fmt: skip
+        create, run = guide_lines("DHCP", driver)
+        assert "--ipam-driver" in create and "dhcp=on" in create
+        dockerd.docker(*create)
         addresses = {}
-        for name in ("d1", "d2"):
-            dockerd.docker(
-                "run", "-d", "--name", name, "--network", "pmvdhcp", IMAGE, "sleep", "600"
-            )
+        dockerd.docker(*run)
+        dockerd.docker(*[word.replace("d1", "d2") for word in run])
         for name in ("d1", "d2"):
             assert wait_until(
                 lambda name=name: (
