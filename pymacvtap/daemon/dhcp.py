@@ -31,6 +31,7 @@ from pymacvtap.core.dhcp import (
     LeaseError,
     LeaseLost,
     LeaseRenewed,
+    State,
     client_id_for,
 )
 from pymacvtap.core.frame import Frame
@@ -189,7 +190,9 @@ class DhcpKeeper:
         a default route via a gateway is refused on a down link)."""
         lease = kept.client.lease if kept.started else None
         rt = kept.rt
-        if lease is None or not rt.ep.up or kept.client.state.name == "REBOOTING":
+        # REBOOTING: the saved lease is not confirmed yet (and is on the netdev still,
+        # if the netdev outlived the daemon, as it does).
+        if lease is None or not rt.ep.up or kept.client.state is State.REBOOTING:
             return
         want = (rt.cfg.netns, rt.cfg.netdev_name, lease.interface)
         if kept.applied == want:

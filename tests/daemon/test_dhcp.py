@@ -7,6 +7,7 @@ endpoint's MAC and host name, and forgets the lease when the endpoint is deleted
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -149,7 +150,7 @@ def test_the_guides_dhcp_example(lab: Lab, daemon: DaemonProcess, tmp_path: Path
                 assert words[0] == "pymacvtap", line
                 args = [
                     {"eth0": "low0", "c1": ns}.get(w, w) if prev in ("link", "netns") else w
-                    for prev, w in zip(words[:-1], words[1:], strict=True)
+                    for prev, w in itertools.pairwise(words)
                 ]
                 daemon.cli(*args)
         assert daemon.show() == []

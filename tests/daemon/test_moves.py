@@ -6,6 +6,13 @@ back out before it deletes the endpoint); here it is done with ``ip link``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import jsonschema
 import pytest
 
 from lab import Lab
@@ -21,8 +28,25 @@ def test_a_moved_and_renamed_netdev_stays_the_endpoint(
 ) -> None:
     old = containers.add("c1", "bridge")
     new = lab.add_netns("c1b")
-    ip(old, "link", "set", "eth0", "netns", new, "name", "net1")
-    assert wait_until(lambda: daemon.show("c1").get("netns") == new)
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "pymacvtap", "--socket", str(daemon.socket), "-j", "monitor"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # subscribed
+        ip(old, "link", "set", "eth0", "netns", new, "name", "net1")
+        assert wait_until(lambda: daemon.show("c1").get("netns") == new)
+        time.sleep(0.2)
+    finally:
+        monitor.terminate()
+        out, _ = monitor.communicate(timeout=10)
+    events = [json.loads(line) for line in out.splitlines()]
+    validator = jsonschema.Draft202012Validator(
+        json.loads((resources.files("pymacvtap") / "schemas" / "monitor.schema.json").read_text())
+    )
+    for event in events:
+        validator.validate(event)
+    assert {"event": "link.move", "ifname": "c1", "netns": new, "netdev": "net1"} in events
     shown = daemon.show("c1")
     assert shown["netdev"] == "net1"
     ip(new, "addr", "add", f"{containers.address['c1']}/24", "dev", "net1")
