@@ -37,7 +37,7 @@ from pymacvtap.core.dhcp import (
 from pymacvtap.core.frame import Frame
 from pymacvtap.daemon.config import EndpointConfig
 from pymacvtap.daemon.lowers import Lowers
-from pymacvtap.daemon.runtime import EndpointRuntime
+from pymacvtap.daemon.runtime import Capture, EndpointRuntime
 from pymacvtap.io import ipconfig
 from pymacvtap.io.loop import Loop, Timer
 
@@ -62,7 +62,7 @@ class LeaseOwner(Protocol):
 class _Kept:
     """One endpoint's client and what of its lease is on the netdev."""
 
-    __slots__ = ("applied", "client", "rt", "started", "timer")
+    __slots__ = ("applied", "client", "hook", "rt", "started", "timer")
 
     def __init__(self, rt: EndpointRuntime, client: DhcpClient) -> None:
         self.rt = rt
@@ -70,6 +70,7 @@ class _Kept:
         self.started = False
         self.timer: Timer | None = None
         self.applied: tuple[str | None, str, str] | None = None  # netns, netdev, interface
+        self.hook: Capture | None = None  # how it sees the endpoint's frames
 
 
 class DhcpKeeper:
@@ -101,7 +102,9 @@ class DhcpKeeper:
                 self.loop.call_later(0, lambda: self._pump(kept))
 
         rt.captures = [*(rt.captures or []), on_frame]
-        self._reconcile()
+        kept.hook = on_frame
+        if self._tick is None:  # one reconcile chain for all the endpoints
+            self._tick = self.loop.call_later(0, self._reconcile)
 
     def stop(self, rt: EndpointRuntime, *, release: bool) -> None:
         """Stop keeping the endpoint's lease; ``release`` it to the server first (link del)."""
@@ -110,6 +113,8 @@ class DhcpKeeper:
             return
         if kept.timer is not None:
             kept.timer.cancel()
+        if rt.captures is not None and kept.hook in rt.captures:
+            rt.captures = [c for c in rt.captures if c is not kept.hook] or None
         if release and kept.started:
             kept.client.release(time.time())
             # Straight onto the wire, not through the engine: by link del the netdev is

@@ -72,6 +72,7 @@ class KernelFollower:
         # (netns, ifindex) -> endpoint, learnt from events: a renamed netdev's event
         # carries the new name, so only its index finds the endpoint.
         self._indexes: dict[tuple[str | None, int], EndpointRuntime] = {}
+        self._index_keys: dict[str, set[tuple[str | None, int]]] = {}  # by endpoint name
         # Where the group poll goes on (round robin over the namespaces).
         self._group_cursor = 0
         self._ensure_watcher(None)
@@ -94,8 +95,13 @@ class KernelFollower:
         key = (rt.cfg.netns, rt.cfg.netdev_name)
         if self._netdevs.get(key) is rt:
             del self._netdevs[key]
-        for index_key in [k for k, v in self._indexes.items() if v is rt]:
-            del self._indexes[index_key]
+        for index_key in self._index_keys.pop(rt.cfg.name, ()):
+            if self._indexes.get(index_key) is rt:
+                del self._indexes[index_key]
+
+    def _learn_index(self, rt: EndpointRuntime, netns: str | None, ifindex: int) -> None:
+        self._indexes[netns, ifindex] = rt
+        self._index_keys.setdefault(rt.cfg.name, set()).add((netns, ifindex))
 
     def catch_up(self) -> None:
         """Handle the link events queued so far, in every namespace.
@@ -179,7 +185,7 @@ class KernelFollower:
             if rt is not None:
                 # Learnt from every event, stale ones too: a batch may end with the
                 # netdev under another name (renamed, then moved away by Docker).
-                self._indexes[netns, ev.ifindex] = rt
+                self._learn_index(rt, netns, ev.ifindex)
             if last[ev.ifindex] != i:
                 continue
             if rt is None:
@@ -292,7 +298,7 @@ class KernelFollower:
         )
         rt.frontend.moved(ifname, netns)
         self.track(rt)
-        self._indexes[netns, ifindex] = rt
+        self._learn_index(rt, netns, ifindex)
         log.info("%s: netdev %s is now %s in netns %s", rt.cfg.name, before, ifname,
                  netns or "(own)")  # fmt: skip
         self.owner.save(f"netdev {ifname} moved", put=[rt.config()])
