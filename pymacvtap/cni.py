@@ -15,6 +15,8 @@ and takes the keys of the reference ``macvlan`` plugin::
       "mtu": 1500,                         # optional, 0 = the lower's
       "mac": "02:00:00:00:00:01",          # optional; also runtimeConfig.mac, CNI_ARGS MAC=
       "ipam": {"type": "host-local", ...}, # optional; without it the link is L2 only
+                                           # {"type": "pymacvtap-dhcp"}: the daemon keeps
+                                           # a lease from the LAN's DHCP server (no plugin)
       "socket": "/run/pymacvtap/control.sock"   # optional; else $PYMACVTAP_SOCKET, the default
     }
 
@@ -22,7 +24,10 @@ ADD asks the daemon for a macvlan endpoint named after the container ID and
 ``CNI_IFNAME`` (so every container may have its ``eth0``), living in
 ``CNI_NETNS`` as ``CNI_IFNAME`` and up; then runs the IPAM plugin the way
 libcni does (``$CNI_PATH/<ipam.type>``, same environment, same stdin) and puts
-the addresses and routes it returns on the interface.  DEL undoes it and
+the addresses and routes it returns on the interface.  With the IPAM type
+``pymacvtap-dhcp`` there is no IPAM plugin: the endpoint is made with ``dhcp
+on`` (host name: CNI_ARGS K8S_POD_NAME, which Podman sets to the container's
+name) and ADD waits for the daemon's lease and returns it.  DEL undoes it and
 succeeds when there is nothing left to undo.  CHECK compares the endpoint with
 ``prevResult``.
 
@@ -40,6 +45,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -51,6 +57,9 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = SUPPORTED_VERSIONS[-1]
 MODES = ("private", "vepa", "bridge", "passthru", "source")
 REQUEST_TIMEOUT = 60.0
+DHCP_IPAM = "pymacvtap-dhcp"  # the IPAM type under which the daemon keeps a DHCP lease
+DHCP_WAIT = 30.0  # seconds ADD waits for the lease (ipam "timeout" overrides)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 # Error codes of the CNI specification ("Error" section); 100+ are this plugin's own.
 ERR_INCOMPATIBLE_VERSION = 1
@@ -171,6 +180,12 @@ class Invocation:
         if not isinstance(mtu, int) or isinstance(mtu, bool) or mtu < 0:
             raise CniError(ERR_INVALID_CONFIG, f"mtu {mtu!r}: must be 0 or a positive number")
         return mtu or None
+
+    @property
+    def dhcp(self) -> bool:
+        """IPAM by the daemon's DHCP (no IPAM plugin to run)."""
+        ipam = self.ipam
+        return ipam is not None and ipam["type"] == DHCP_IPAM
 
     @property
     def ipam(self) -> dict[str, Any] | None:
@@ -347,6 +362,34 @@ def configure(netns: str, ifname: str, result: dict[str, Any]) -> None:
             raise CniError(ERR_DECODE, f"ipam result: bad address or route: {exc}") from None
 
 
+def wait_for_lease(inv: Invocation) -> dict[str, Any]:
+    """The daemon's DHCP lease for the new endpoint, as an IPAM result (it is on the
+    netdev already: the daemon put it there)."""
+    ipam = inv.ipam or {}
+    timeout = ipam.get("timeout", DHCP_WAIT)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam timeout {timeout!r}: seconds expected")
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        shown = _daemon(inv, "link.show", {"name": inv.name})[0]
+        lease = (shown.get("dhcp") or {}).get("lease")
+        if lease:
+            break
+        if time.monotonic() > deadline:
+            raise CniError(ERR_TRY_AGAIN, f"dhcp: no lease from the LAN's server in {timeout} s")
+        time.sleep(0.1)
+    routers = lease.get("routers") or []
+    entry: dict[str, Any] = {"address": f"{lease['address']}/{lease['prefixlen']}"}
+    if routers:
+        entry["gateway"] = routers[0]
+    result: dict[str, Any] = {"ips": [entry]}
+    if routers:
+        result["routes"] = [{"dst": "0.0.0.0/0", "gw": routers[0]}]
+    if lease.get("dns"):
+        result["dns"] = {"nameservers": lease["dns"]}
+    return result
+
+
 # -- results --------------------------------------------------------------------------
 
 
@@ -381,13 +424,21 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
     if inv.mtu:
         args["mtu"] = inv.mtu
     ipam = inv.ipam
-    if ipam is not None:
+    dhcp = inv.dhcp
+    if dhcp:
+        args["dhcp"] = True
+        pod = inv.args.get("K8S_POD_NAME", "")
+        if _HOSTNAME.match(pod):
+            args["hostname"] = pod
+    elif ipam is not None:
         _find_plugin(inv, ipam["type"])  # fail before creating anything
     shown = _daemon(inv, "link.add", args)
     ipam_done = False
     try:
         ipam_result: dict[str, Any] = {}
-        if ipam is not None:
+        if dhcp:
+            ipam_result = wait_for_lease(inv)
+        elif ipam is not None:
             ipam_result = delegate(inv, "ADD") or {}
             ipam_done = True
             if not ipam_result.get("ips"):
@@ -411,7 +462,7 @@ def cmd_add(inv: Invocation) -> dict[str, Any]:
 
 def cmd_del(inv: Invocation) -> None:
     inv.require("CNI_CONTAINERID", "CNI_IFNAME")
-    if inv.ipam is not None:
+    if inv.ipam is not None and not inv.dhcp:
         delegate(inv, "DEL")
     try:
         _daemon(inv, "link.del", {"name": inv.name})
@@ -479,7 +530,7 @@ def cmd_check(inv: Invocation) -> None:
             alt = (str(dst.network_address), dst.prefixlen)
             if route_key not in routes and alt not in routes:
                 raise CniError(ERR_CHECK, f"CHECK: route to {route['dst']} missing")
-    if inv.ipam is not None:
+    if inv.ipam is not None and not inv.dhcp:
         delegate(inv, "CHECK")
 
 

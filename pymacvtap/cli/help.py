@@ -139,7 +139,7 @@ SYNOPSIS
                        [mode MODE] [address MAC] [netns NS] [ifname IFNAME]
                        [frontend {tap|stream|dgram|vhost-user}] [path PATH] [peer PATH]
                        [owner UID] [group GID] [queues N] [mtu N] [bcqueuelen N]
-                       [spoofchk {on|off}] [nopromisc]
+                       [spoofchk {on|off}] [nopromisc] [dhcp {on|off} [hostname NAME]]
 
 DESCRIPTION
     Creates endpoint NAME on the lower device LOWER.  Keywords may come in any order;
@@ -179,6 +179,10 @@ OPTIONS
     spoofchk on|off    drop frames the endpoint sends with a source MAC not its own
                        (default off)
     nopromisc          passthru only: do not make the lower promiscuous
+    dhcp on|off        macvlan: the daemon gets the netdev's address from the LAN's
+                       DHCP server, puts it (and the default route) on the netdev,
+                       renews it, keeps it across restarts and releases it at link del
+    hostname NAME      with dhcp: the host name sent to the server (default NAME)
 
 EXAMPLES
     pymacvtap link add link eth0 name c1 type macvlan mode bridge netns c1

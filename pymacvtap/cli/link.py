@@ -120,6 +120,8 @@ _ADD_VALUES: dict[str, str] = {
     "mtu": "mtu",
     "bcqueuelen": "bcqueuelen",
     "spoofchk": "spoofchk",
+    "dhcp": "dhcp",
+    "hostname": "hostname",
 }
 _ADD_FLAGS = {"nopromisc": "nopromisc"}
 _METAVAR = {
@@ -139,6 +141,8 @@ _METAVAR = {
     "mtu": "N",
     "bcqueuelen": "N",
     "spoofchk": "on|off",
+    "dhcp": "on|off",
+    "hostname": "NAME",
 }
 _INT_ATTRS = ("queues", "mtu", "bcqueuelen")
 
@@ -196,7 +200,7 @@ def _parse_add(words: list[str]) -> Command:
             args[key] = enum(where, key, value, MODES, help_cmd)
         elif key == "frontend":
             args[key] = enum(where, key, value, FRONTENDS, help_cmd)
-        elif key == "spoofchk":
+        elif key in ("spoofchk", "dhcp"):
             args[key] = onoff(where, key, value, help_cmd)
         elif key in _INT_ATTRS:
             args[key] = integer(where, key, value, help_cmd)

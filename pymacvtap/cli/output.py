@@ -6,6 +6,7 @@ Pure functions from the daemon's answers to strings; nothing here talks to the d
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,9 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
         if value is not None:
             fe += f" {key} {value}"
     lines.append(fe)
+    dhcp = entry.get("dhcp")
+    if isinstance(dhcp, dict):
+        lines.append(_dhcp_line(dhcp))
     stats64 = entry.get("stats64")
     if stats and isinstance(stats64, dict):
         rx = stats64.get("rx") or {}
@@ -99,6 +103,26 @@ def format_lower(entry: dict[str, Any], stats: bool = False) -> str:
             f" queued {entry.get('bcqueue_len', 0)}"
         )
     return "\n".join(lines)
+
+
+def _dhcp_line(dhcp: dict[str, Any]) -> str:
+    """``dhcp hostname H lease A/LEN via GW server S expires TIME`` (or ``lease none``)."""
+    line = f"    dhcp hostname {dhcp.get('hostname')}"
+    lease = dhcp.get("lease")
+    if not isinstance(lease, dict):
+        return line + " lease none"
+    line += f" lease {lease.get('address')}/{lease.get('prefixlen')}"
+    routers = lease.get("routers") or []
+    if routers:
+        line += f" via {routers[0]}"
+    line += f" server {lease.get('server_id')}"
+    obtained, seconds = lease.get("obtained"), lease.get("lease_time")
+    if isinstance(obtained, int | float) and isinstance(seconds, int) and seconds < 0xFFFFFFFF:
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(obtained + seconds))
+        line += f" expires {expires}"
+    else:
+        line += " expires never"
+    return line
 
 
 def _word(value: object) -> str:

@@ -18,6 +18,7 @@ from pymacvtap.defaults import BCQUEUELEN, SOCKET_DIR
 
 IFNAMSIZ = 16
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -92,6 +93,11 @@ class EndpointConfig:
     nopromisc: bool = False
     up: bool | None = None  # None: the type's default (macvlan down, macvtap up)
     macaddrs: list[str] = dataclasses.field(default_factory=list)  # source mode
+    # DHCP kept by the daemon (macvlan): the lease goes onto the netdev, and into the
+    # state with the endpoint (``lease``, Lease.to_dict) so a restart resumes it.
+    dhcp: bool = False
+    hostname: str | None = None  # sent to the DHCP server (option 12)
+    lease: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -166,6 +172,14 @@ class EndpointConfig:
             )
         if self.peer is not None and not kind.peer:
             raise ConfigError("EINVAL", "peer: only the dgram frontend has one")
+        if self.dhcp and not kind.netdev_is_endpoint:
+            raise ConfigError("EINVAL", "dhcp: only macvlan endpoints (a container's netdev)")
+        if self.hostname is not None and not self.dhcp:
+            raise ConfigError("EINVAL", "hostname: only with dhcp on")
+        if self.hostname is not None and not _HOSTNAME.match(self.hostname):
+            raise ConfigError(
+                "EINVAL", f"hostname {self.hostname!r}: letters, digits, '-' and '.' (at most 63)"
+            )
         for label, value in (("owner", self.owner), ("group", self.group)):
             if value is not None and not 0 <= value < 1 << 32:
                 raise ConfigError("EINVAL", f"{label} {value}: not a valid id")
@@ -200,6 +214,7 @@ class EndpointConfig:
         # 13 ms of every link add; the one mutable field is copied by hand.
         data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["macaddrs"] = list(self.macaddrs)
+        data["lease"] = dict(self.lease) if self.lease is not None else None
         return data
 
     @classmethod
@@ -220,10 +235,10 @@ class EndpointConfig:
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(EndpointConfig))
 _STR = {"name", "link", "type", "mode", "frontend"}
-_OPT_STR = {"address", "netns", "ifname", "path", "peer"}
+_OPT_STR = {"address", "netns", "ifname", "path", "peer", "hostname"}
 _OPT_INT = {"owner", "group", "mtu"}
 _INT = {"queues", "bcqueuelen"}
-_BOOL = {"spoofchk", "nopromisc"}
+_BOOL = {"spoofchk", "nopromisc", "dhcp"}
 
 
 def _check_type(key: str, value: object) -> None:
@@ -241,6 +256,8 @@ def _check_type(key: str, value: object) -> None:
         ok = isinstance(value, bool)
     elif key == "up":
         ok = value is None or isinstance(value, bool)
+    elif key == "lease":
+        ok = value is None or isinstance(value, dict)
     elif key == "macaddrs":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:

@@ -2,14 +2,18 @@
 
 Link events (netlink, one watcher per namespace in use) bring lower carrier,
 mtu, address and deletion, and ``ip link set`` done directly on an endpoint's
-netdev; multicast lists, which the kernel announces to nobody, and namespaces
-that go away are polled.  Each is turned into the same change a control verb
+netdev, including a rename or a move to another namespace (Docker moves the
+netdev into the container and renames it; the endpoint goes with it);
+multicast lists, which the kernel announces to nobody, and namespaces that go
+away are polled.  Each is turned into the same change a control verb
 would make, through the :class:`EndpointOwner` (the service).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -22,7 +26,8 @@ from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.runtime import EndpointRuntime
 from pymacvtap.io import netlink
 from pymacvtap.io.loop import Loop
-from pymacvtap.io.netns import netns_exists
+from pymacvtap.io.netns import netns_exists, resolve_netns
+from pymacvtap.io.netnsid import name_by_index, namespace_of_id
 
 log = logging.getLogger("pymacvtap")
 
@@ -63,8 +68,15 @@ class KernelFollower:
         self.lowers = lowers
         self.owner = owner
         self._watchers: dict[str | None, netlink.LinkWatcher] = {}
+        # An fd of each watched namespace: a netdev moved out of a container that is
+        # exiting must be found after its /proc/PID/ns/net has gone.
+        self._netns_fds: dict[str, int] = {}
         # (netns, netdev name) -> endpoint: link events find their endpoint in O(1).
         self._netdevs: dict[tuple[str | None, str], EndpointRuntime] = {}
+        # (netns, ifindex) -> endpoint, learnt from events: a renamed netdev's event
+        # carries the new name, so only its index finds the endpoint.
+        self._indexes: dict[tuple[str | None, int], EndpointRuntime] = {}
+        self._index_keys: dict[str, set[tuple[str | None, int]]] = {}  # by endpoint name
         # Where the group poll goes on (round robin over the namespaces).
         self._group_cursor = 0
         self._ensure_watcher(None)
@@ -87,6 +99,23 @@ class KernelFollower:
         key = (rt.cfg.netns, rt.cfg.netdev_name)
         if self._netdevs.get(key) is rt:
             del self._netdevs[key]
+        for index_key in self._index_keys.pop(rt.cfg.name, ()):
+            if self._indexes.get(index_key) is rt:
+                del self._indexes[index_key]
+
+    def _learn_index(self, rt: EndpointRuntime, netns: str | None, ifindex: int) -> None:
+        self._indexes[netns, ifindex] = rt
+        self._index_keys.setdefault(rt.cfg.name, set()).add((netns, ifindex))
+
+    def catch_up(self) -> None:
+        """Handle the link events queued so far, in every namespace.
+
+        A control verb may arrive before the events that came first: Docker moves
+        the netdev back out of the container and then asks to delete the endpoint,
+        which must find the netdev where it is now.
+        """
+        for netns in list(self._watchers):
+            self._on_link_events(netns)
 
     def follow_netdev(self, rt: EndpointRuntime, *, initial: bool, restoring: bool) -> None:
         """Bring the engine in line with the endpoint (admin state, multicast groups).
@@ -139,6 +168,8 @@ class KernelFollower:
             return
         watcher = netlink.LinkWatcher(netns)
         self._watchers[netns] = watcher
+        if netns is not None:
+            self._netns_fds[netns] = os.open(resolve_netns(netns), os.O_RDONLY | os.O_CLOEXEC)
         self.loop.add_reader(watcher.fileno(), lambda: self._on_link_events(netns))
 
     def _on_link_events(self, netns: str | None) -> None:
@@ -154,9 +185,15 @@ class KernelFollower:
         for i, ev in enumerate(events):
             if netns is None:
                 self._lower_event(ev)
+            rt = self._netdevs.get((netns, ev.ifname))
+            if rt is not None:
+                # Learnt from every event, stale ones too: a batch may end with the
+                # netdev under another name (renamed, then moved away by Docker).
+                self._learn_index(rt, netns, ev.ifindex)
             if last[ev.ifindex] != i:
                 continue
-            rt = self._netdevs.get((netns, ev.ifname))
+            if rt is None:
+                rt = self._indexes.get((netns, ev.ifindex))
             if rt is not None and rt.cfg.name in self.owner.endpoints:
                 self._netdev_event(rt, ev)
 
@@ -212,10 +249,15 @@ class KernelFollower:
     def _netdev_event(self, rt: EndpointRuntime, ev: netlink.LinkEvent) -> None:
         """Follow `ip link set` done directly on the endpoint's netdev."""
         cfg, owner = rt.cfg, self.owner
+        if ev.deleted and ev.moved_to is not None and ev.new_ifindex is not None:
+            self._netdev_moved(rt, ev.moved_to, ev.new_ifindex)
+            return
         if ev.deleted:
             owner.remove(rt, reason=f"netdev {cfg.netdev_name} was deleted", delete_netdev=False)
             owner.save(f"netdev {cfg.netdev_name} deleted", delete=[cfg.name])
             return
+        if ev.ifname and ev.ifname != cfg.netdev_name:
+            self._relocate(rt, cfg.netns, ev.ifname, ev.ifindex)
         changed = False
         before = events.values(rt.ep)
         if ev.allmulti is not None and ev.allmulti != rt.ep.allmulti:
@@ -243,6 +285,47 @@ class KernelFollower:
             event = events.link_set(cfg.name, before, events.values(rt.ep), events.BY_NETDEV)
             if event is not None:
                 owner.emit(event)
+
+    def _netdev_moved(self, rt: EndpointRuntime, nsid: int, ifindex: int) -> None:
+        """The netdev went to another namespace: the endpoint follows it there."""
+        cfg = rt.cfg
+        try:
+            fd = self._netns_fds.get(cfg.netns) if cfg.netns is not None else None
+            netns = namespace_of_id(nsid, cfg.netns if fd is None else f"/proc/self/fd/{fd}")
+            ifname = name_by_index(ifindex, netns)
+        except OSError as exc:
+            log.warning("%s: netdev %s moved where it cannot be followed: %s", cfg.name,
+                        cfg.netdev_name, exc)  # fmt: skip
+            self.owner.remove(rt, reason=f"netdev {cfg.netdev_name} moved away",
+                              delete_netdev=False)  # fmt: skip
+            self.owner.save(f"netdev {cfg.netdev_name} moved", delete=[cfg.name])
+            return
+        self._relocate(rt, netns, ifname, ifindex)
+        # Changes made before the new namespace's watcher existed (Docker renames the
+        # netdev and sets it up at once) came as no event: read them now that it does.
+        try:
+            renamed = name_by_index(ifindex, netns)
+            if renamed != ifname:
+                self._relocate(rt, netns, renamed, ifindex)
+            self.follow_netdev(rt, initial=False, restoring=False)
+        except OSError as exc:
+            log.info("%s: reading the moved netdev: %s (its events will tell)", cfg.name, exc)
+
+    def _relocate(self, rt: EndpointRuntime, netns: str | None, ifname: str, ifindex: int) -> None:
+        """The endpoint's netdev is now ``ifname`` in ``netns`` (renamed, moved, or both)."""
+        before = f"{rt.cfg.netdev_name} in netns {rt.cfg.netns or '(own)'}"
+        self.untrack(rt)
+        rt.cfg = dataclasses.replace(
+            rt.cfg, netns=netns, ifname=None if ifname == rt.cfg.name else ifname
+        )
+        rt.frontend.moved(ifname, netns)
+        self.track(rt)
+        self._learn_index(rt, netns, ifindex)
+        log.info("%s: netdev %s is now %s in netns %s", rt.cfg.name, before, ifname,
+                 netns or "(own)")  # fmt: skip
+        self.owner.save(f"netdev {ifname} moved", put=[rt.config()])
+        self.owner.emit({"event": "link.move", "ifname": rt.cfg.name, "netns": netns,
+                         "netdev": ifname})  # fmt: skip
 
     # -- polls ---------------------------------------------------------------------------
 
@@ -279,6 +362,8 @@ class KernelFollower:
 
     def _poll_namespaces(self) -> None:
         owner = self.owner
+        # A netdev moved out of a namespace just before it went is followed, not lost.
+        self.catch_up()
         gone = [
             rt
             for rt in owner.endpoints.values()
@@ -293,8 +378,12 @@ class KernelFollower:
             watcher = self._watchers.pop(netns)
             self.loop.forget(watcher.fileno())
             watcher.close()
+            os.close(self._netns_fds.pop(netns))
         self.loop.call_later(NETNS_POLL_SECONDS, self._poll_namespaces)
 
     def close(self) -> None:
         for watcher in self._watchers.values():
             watcher.close()
+        for fd in self._netns_fds.values():
+            os.close(fd)
+        self._netns_fds.clear()

@@ -26,6 +26,7 @@ from pymacvtap.core.modes import Mode
 from pymacvtap.daemon import events
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath, SoftwarePath
+from pymacvtap.daemon.dhcp import DhcpKeeper
 from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
@@ -66,6 +67,7 @@ class EndpointService:
         self.waiting: dict[str, Waiting] = {}
         self.marks = Marks(state.directory)
         loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
+        self.dhcp = DhcpKeeper(loop, self.lowers, self)
 
     # -- the control verbs ---------------------------------------------------------------
 
@@ -134,6 +136,8 @@ class EndpointService:
                     log.exception("%s: rollback step failed", where)
             raise
         self.datapath.attach_endpoint(rt)
+        if cfg.dhcp:
+            self.dhcp.keep(rt)
         self.emit({"event": "link.add", "ifname": cfg.name, "link": cfg.link})
         return show(rt, stats=False)
 
@@ -179,7 +183,9 @@ class EndpointService:
         if name in self.waiting:
             self._forget_waiting(name)
             return
+        self.follower.catch_up()  # its netdev may have moved meanwhile
         rt = self._endpoint(name, f"link del {name}")
+        self.dhcp.stop(rt, release=True)
         self.remove(rt, reason="deleted by request", delete_netdev=True)
         self.save(f"link del {name}", delete=[name])
 
@@ -342,6 +348,7 @@ class EndpointService:
 
     def remove(self, rt: EndpointRuntime, *, reason: str, delete_netdev: bool) -> None:
         cfg = rt.cfg
+        self.dhcp.stop(rt, release=False)
         self.datapath.detach_endpoint(rt)
         try:
             rt.frontend.close(delete=delete_netdev or not cfg.kind.netdev)

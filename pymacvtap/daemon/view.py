@@ -69,6 +69,10 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
         "spoofchk": ep.spoofchk,
         "bcqueuelen": ep.bcqueuelen,
     }
+    if cfg.dhcp:
+        entry["dhcp"] = {"hostname": cfg.hostname or cfg.name}
+        if cfg.lease is not None:
+            entry["dhcp"]["lease"] = cfg.lease
     if ep.mode is Mode.SOURCE:
         entry["macaddrs"] = sorted(format_mac(m) for m in ep.source_macs)
     if stats:

@@ -13,7 +13,15 @@ Docker's own macvlan driver, plus ours):
 * ``parent`` — the lower (required);
 * ``macvlan_mode`` or ``mode`` — private, vepa, bridge (default, as Docker's macvlan),
   passthru, source;
-* ``spoofchk`` — on/off (default off).
+* ``spoofchk`` — on/off (default off);
+* ``dhcp`` — on/off (default off): the daemon keeps a lease from the LAN's DHCP
+  server for each endpoint and puts it (and the default route) on the container's
+  netdev.  It needs ``--ipam-driver null``: with Docker's default IPAM Docker would
+  put an address of its own pool on the netdev too.  (Docker 20.10 has no way for
+  a network driver to hand back an address it learns after CreateEndpoint, and a
+  remote IPAM driver must answer RequestAddress before the container's netdev
+  exists, so before any DHCP exchange could run: the null IPAM, with the address
+  kept entirely by the daemon, is what works.)
 
 At Join the endpoint's netdev is handed to Docker by name, which moves it into
 the container and names it ``eth<N>``, as it does for its own macvlan driver.
@@ -36,7 +44,8 @@ DEFAULT_MODE = "bridge"
 DEFAULT_STATE = "/var/lib/pymacvtap-docker/networks.json"
 _ON = {"on": True, "true": True, "1": True, "yes": True}
 _OFF = {"off": False, "false": False, "0": False, "no": False}
-KNOWN_OPTIONS = ("parent", "macvlan_mode", "mode", "spoofchk")
+KNOWN_OPTIONS = ("parent", "macvlan_mode", "mode", "spoofchk", "dhcp")
+NULL_POOL = "0.0.0.0/0"  # what Docker's null IPAM driver gives as the network's pool
 
 
 class DriverError(Exception):
@@ -79,11 +88,14 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
     mode = str(generic.get("macvlan_mode", generic.get("mode", DEFAULT_MODE))).lower()
     if mode not in MODES:
         raise DriverError(f"mode {mode}: unknown (one of {', '.join(MODES)})")
-    spoofchk = str(generic.get("spoofchk", "off")).lower()
     flags = _ON | _OFF
-    if spoofchk not in flags:
-        raise DriverError(f"spoofchk {spoofchk}: use on or off")
-    return {"parent": parent, "mode": mode, "spoofchk": flags[spoofchk]}
+    settings: dict[str, Any] = {"parent": parent, "mode": mode}
+    for key in ("spoofchk", "dhcp"):
+        value = str(generic.get(key, "off")).lower()
+        if value not in flags:
+            raise DriverError(f"{key} {value}: use on or off")
+        settings[key] = flags[value]
+    return settings
 
 
 class Store:
@@ -169,6 +181,9 @@ class Driver:
     def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
         network_id = _string(body, "NetworkID")
         settings = parse_options(body.get("Options") or {})
+        pools = [d.get("Pool") for d in body.get("IPv4Data") or [] if isinstance(d, dict)]
+        if settings["dhcp"] and any(pool not in (None, "", NULL_POOL) for pool in pools):
+            raise DriverError("dhcp=on needs --ipam-driver null (the daemon keeps the address)")
         gateways = [d.get("Gateway") for d in body.get("IPv4Data") or [] if isinstance(d, dict)]
         gateway = next((g for g in gateways if isinstance(g, str) and g), None)
         settings["gateway"] = gateway.split("/")[0] if gateway else None
@@ -196,6 +211,8 @@ class Driver:
             "ifname": netdev_name(endpoint_id),
             "spoofchk": network["spoofchk"],
         }
+        if network.get("dhcp"):
+            args["dhcp"] = True
         if mac:
             args["address"] = mac
         shown = self._daemon("link.add", args)
@@ -242,7 +259,7 @@ class Driver:
         reply: dict[str, Any] = {
             "InterfaceName": {"SrcName": netdev_name(endpoint_id), "DstPrefix": "eth"},
         }
-        if network.get("gateway"):
+        if network.get("gateway") and not network.get("dhcp"):
             reply["Gateway"] = network["gateway"]
         return reply
 

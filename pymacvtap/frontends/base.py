@@ -61,6 +61,8 @@ class Frontend(Protocol):
 
     def queue_stats(self) -> QueueStats | None: ...
 
+    def moved(self, ifname: str, netns: str | None) -> None: ...
+
     def close(self, *, delete: bool) -> None: ...
 
 
@@ -77,3 +79,6 @@ class FrontendDefaults:
 
     def queue_stats(self) -> QueueStats | None:
         return None
+
+    def moved(self, ifname: str, netns: str | None) -> None:
+        """Its netdev was renamed or moved by someone else (a socket frontend has none)."""

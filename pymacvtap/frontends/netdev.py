@@ -59,6 +59,10 @@ class NetdevFrontend(FrontendDefaults):
             raise
         return frontend
 
+    def moved(self, ifname: str, netns: str | None) -> None:
+        """Renamed or moved by someone else: the tap fd goes along, only the names change."""
+        self.ifname, self.netns = ifname, netns
+
     def set_carrier(self, on: bool) -> None:
         """Carrier follows the lower, as a kernel macvlan's does."""
         self.tap.set_carrier(on)

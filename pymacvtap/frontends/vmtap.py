@@ -138,6 +138,10 @@ class VmTapFrontend(FrontendDefaults):
             for i in range(len(self.socks))
         ]
 
+    def moved(self, ifname: str, netns: str | None) -> None:
+        """Renamed or moved by someone else: the queue fds go along, only the names change."""
+        self.ifname, self.netns = ifname, netns
+
     def close(self, *, delete: bool) -> None:
         for sock in self.socks:
             sock.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ class LinkEvent:
 
     The fields are the device's state *after* the change (netlink sends the
     whole link, not a diff); a field is None when the message lacked it.  A
-    device moved to another namespace shows up as ``deleted`` in the old one.
+    device moved to another namespace shows up as ``deleted`` in the old one,
+    with ``moved_to`` (the new namespace's id as the old one knows it) and
+    ``new_ifindex``; a device really deleted has neither.
     """
 
     ifname: str
@@ -86,6 +89,8 @@ class LinkEvent:
     mac: bytes | None = None
     operstate: str | None = None
     flags: int | None = None  # IFF_* (allmulti and promisc changes come only as events)
+    moved_to: int | None = None  # IFLA_NEW_NETNSID of a DELLINK made by a namespace move
+    new_ifindex: int | None = None  # IFLA_NEW_IFINDEX: its index over there
 
     @property
     def allmulti(self) -> bool | None:
@@ -376,7 +381,15 @@ class LinkWatcher:
         name = msg.get("ifname") or self._known.get(index, "")
         if mtype == RTM_DELLINK:
             self._known.pop(index, None)
-            return LinkEvent(ifname=name, ifindex=index, deleted=True)
+            moved_to = msg.get_attr("IFLA_NEW_NETNSID")
+            new_index = msg.get_attr("IFLA_NEW_IFINDEX")
+            return LinkEvent(
+                ifname=name,
+                ifindex=index,
+                deleted=True,
+                moved_to=None if moved_to is None else _host_s32(moved_to),
+                new_ifindex=None if new_index is None else int(new_index),
+            )
         self._known[index] = name
         return _link_event(msg)
 
@@ -394,6 +407,11 @@ class LinkWatcher:
         ]
         self._known = current
         return gone + events
+
+
+def _host_s32(be32: int) -> int:
+    """IFLA_NEW_NETNSID as the kernel sends it (host order); pyroute2 reads it as big-endian."""
+    return int(struct.unpack("=i", struct.pack(">I", int(be32)))[0])
 
 
 def _link_event(msg: Any) -> LinkEvent:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,9 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.daemon import DaemonProcess
+from lab.daemon import DaemonProcess, wait_until
+from lab.dnsmasq import dnsmasq
 from lab.fixtures import lab_with_lower, running_daemon
 from lab.netns import ip, unique_prefix
+from lab.readme import code_blocks
+from lab.rootfs import busybox_rootfs
 
 pytestmark = [
     pytest.mark.root,
@@ -57,7 +61,7 @@ class Dockerd:
         argv = [
             "nsenter", f"--net=/run/netns/{self.netns}", "dockerd",
             "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none",
-            "--userland-proxy=false", "--storage-driver=vfs",
+            "--userland-proxy=false", "--storage-driver=vfs", "--live-restore",
             f"--data-root={self.root / 'data'}", f"--exec-root={self.root / 'exec'}",
             f"--pidfile={self.root / 'docker.pid'}", "-H", self.host,
         ]  # fmt: skip
@@ -92,20 +96,6 @@ class Dockerd:
         if check and proc.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {proc.stderr.strip()}")
         return proc
-
-
-def busybox_rootfs(path: Path) -> None:
-    """A tar of a root file system holding busybox and the applets the test runs."""
-    with tarfile.open(path, "w") as tar:
-        for directory in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        tar.add("/bin/busybox", "bin/busybox")
-        for applet in ("sh", "sleep", "ping", "ip", "cat"):
-            info = tarfile.TarInfo(f"bin/{applet}")
-            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(info)
 
 
 @contextlib.contextmanager
@@ -187,35 +177,91 @@ def test_docker_takes_the_driver_answers(
     assert state == {"networks": {}, "endpoints": {}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Docker moves the endpoint's netdev (pmv<id>) into the container's namespace "
-    "itself; the daemon's link watcher takes the RTM_DELLINK this makes in its namespace "
-    "for a deletion ('removed: netdev pmv<id> was deleted'), so `link show` is empty "
-    "after `docker run` and nothing forwards for the container",
-)
+def guide_lines(section: str, driver: str, doc: str = "docs/containers.md") -> list[list[str]]:
+    """The ``docker`` commands of a section of docs/containers.md, as argument lists for
+    the test's dockerd: its driver name, the lab's lower and the imported image."""
+    commands = []
+    for block in code_blocks(section, "sh", doc=doc):
+        for line in block.replace("\\\n", " ").splitlines():
+            for command in line.split("#")[0].split("&&"):
+                words = shlex.split(command)
+                if words[:1] != ["docker"]:
+                    continue
+                replaced = {"pymacvtap": driver, "parent=eth0": "parent=low0", "busybox": IMAGE}
+                commands.append([replaced.get(w, w) for w in words[1:]])
+    return commands
+
+
 def test_containers_on_a_pymacvtap_network(
     docker_lab: tuple[Dockerd, DaemonProcess, str],
 ) -> None:
+    """The guide's example (docs/containers.md, Docker), with both daemons restarted
+    before the containers are removed."""
     dockerd, daemon, driver = docker_lab
-    dockerd.docker(
-        "network", "create", "-d", driver, "-o", "parent=low0", "-o", "macvlan_mode=vepa",
-        "--subnet", f"{SUBNET}.0/24", "--gateway", f"{SUBNET}.1", "pmvnet",
-    )  # fmt: skip
-    for i in (1, 2):
-        dockerd.docker(
-            "run", "-d", "--name", f"c{i}", "--network", "pmvnet", "--ip", f"{SUBNET}.1{i}",
-            IMAGE, "sleep", "600",
-        )  # fmt: skip
+    create, run1, run2, ping, rm, network_rm = guide_lines("Docker", driver)
+    # The README's example is the guide's beginning: running one runs the other.
+    readme = guide_lines("Docker", driver, doc="README.md")
+    assert readme == [create, run1]
+    assert create[:2] == ["network", "create"] and "macvlan_mode=vepa" in create
+    for command in (create, run1, run2):
+        dockerd.docker(*command)
     shown = daemon.show()
     assert len(shown) == 2, shown
     assert {e["mode"] for e in shown} == {"vepa"}
-    # The outside host, and the other container through the switch's hairpin.
+    # The other container through the switch's hairpin, and the outside host.
+    dockerd.docker(*ping)
     dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
-    dockerd.docker("exec", "c1", "ping", "-c", "1", "-W", "3", f"{SUBNET}.12")
-    dockerd.docker("rm", "-f", "c1", "c2")
-    dockerd.docker("network", "rm", "pmvnet")
+    # Either side restarted (dockerd with --live-restore keeps the containers running):
+    # the daemon finds the netdevs inside the containers again, where they were moved.
+    dockerd.stop()
+    dockerd.start()
+    daemon.stop()
+    daemon.start()
+    assert len(daemon.show()) == 2
+    dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.11")
+    dockerd.docker("exec", "c2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
+    dockerd.docker(*rm)
+    dockerd.docker(*network_rm)
     assert daemon.show() == []
     # Docker moves the netdevs back out of the containers before DeleteEndpoint: the
-    # daemon must delete them then (today they stay, as persistent taps nobody reads).
-    assert "pmv" not in ip(daemon.netns, "-o", "link", "show")
+    # daemon must delete them then, where they are by then.
+    assert not re.search(r": pmv[0-9a-f]{12}[:@]", ip(daemon.netns, "-o", "link", "show"))
+
+
+@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
+def test_dhcp_network_gets_leases_from_the_lan(
+    docker_lab: tuple[Dockerd, DaemonProcess, str], tmp_path: Path
+) -> None:
+    """``-o dhcp=on --ipam-driver null``: the daemon leases each container's address from
+    dnsmasq on the outside host, puts it on eth0 inside the container, and releases it
+    when the container goes."""
+    dockerd, daemon, driver = docker_lab
+    outside = daemon.netns.removesuffix("host") + "ext"
+    with dnsmasq(
+        outside, "eth0", tmp_path, f"{SUBNET}.50", f"{SUBNET}.60", f"{SUBNET}.100"
+    ) as server:
+        create, run = guide_lines("DHCP", driver)
+        assert "--ipam-driver" in create and "dhcp=on" in create
+        dockerd.docker(*create)
+        addresses = {}
+        dockerd.docker(*run)
+        dockerd.docker(*[word.replace("d1", "d2") for word in run])
+        for name in ("d1", "d2"):
+            assert wait_until(
+                lambda name=name: (
+                    "inet "
+                    in dockerd.docker("exec", name, "ip", "-o", "-4", "addr", "show", "eth0").stdout
+                ),
+                timeout=15,
+            ), daemon.log()
+            out = dockerd.docker("exec", name, "ip", "-o", "-4", "addr", "show", "eth0").stdout
+            addresses[name] = out.split("inet ")[1].split("/")[0]
+        assert addresses["d1"] != addresses["d2"]
+        assert {lease.address for lease in server.leases()} == set(addresses.values())
+        assert f"default via {SUBNET}.100" in dockerd.docker("exec", "d1", "ip", "route").stdout
+        dockerd.docker("exec", "d1", "ping", "-c", "1", "-W", "3", addresses["d2"])
+        dockerd.docker("exec", "d2", "ping", "-c", "1", "-W", "3", f"{SUBNET}.100")
+        dockerd.docker("rm", "-f", "d1", "d2")
+        dockerd.docker("network", "rm", "pmvdhcp")
+        assert daemon.show() == []
+        assert wait_until(lambda: server.leases() == [], timeout=5), server.log()

@@ -21,6 +21,7 @@ import pytest
 
 from lab import Lab, ip, ip_json
 from lab.daemon import DaemonProcess
+from lab.dnsmasq import dnsmasq
 from lab.fixtures import EXT_IP, SUBNET
 from lab.readme import code_blocks
 from pymacvtap.cni import SUPPORTED_VERSIONS, endpoint_name
@@ -327,3 +328,31 @@ def test_the_documented_example_adds_and_deletes_a_container(
     deleted = run(commands[1])
     assert (deleted.returncode, deleted.stdout) == (0, ""), deleted.stderr
     assert daemon.show() == []
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/dnsmasq").exists(), reason="dnsmasq is not installed")
+def test_dhcp_ipam_returns_the_daemons_lease(
+    lab: Lab, daemon: DaemonProcess, cni: Cni, tmp_path: Path
+) -> None:
+    """``"ipam": {"type": "pymacvtap-dhcp"}``: no IPAM plugin; the daemon's lease comes back
+    in the result (on the netdev already), and DEL releases it."""
+    conf = cni.config(ipam=False, mode="vepa")
+    conf["ipam"] = {"type": "pymacvtap-dhcp"}
+    with dnsmasq(lab.ext, lab.ext_dev, tmp_path, f"{SUBNET}.50", f"{SUBNET}.60", EXT_IP) as server:
+        results = {}
+        for pod in ("pod1", "pod2"):
+            ns = f"/run/netns/{lab.add_netns(pod)}"
+            out = cni.ok("ADD", conf, container=f"id-{pod}", netns=ns,
+                         args=f"IgnoreUnknown=1;K8S_POD_NAME={pod}")  # fmt: skip
+            (entry,) = out["ips"]
+            assert entry["gateway"] == EXT_IP
+            assert out["routes"] == [{"dst": "0.0.0.0/0", "gw": EXT_IP}]
+            results[pod] = (ns, entry["address"].split("/")[0])
+        assert results["pod1"][1] != results["pod2"][1]
+        assert ping(results["pod1"][0], results["pod2"][1])
+        assert ping(results["pod2"][0], EXT_IP)
+        assert {lease.hostname for lease in server.leases()} == {"pod1", "pod2"}
+        for pod, (ns, _) in results.items():
+            cni.ok("DEL", conf, container=f"id-{pod}", netns=ns)
+        assert daemon.show() == []
+        assert server.leases() == []
