@@ -102,6 +102,9 @@ class MacNat:
     def __contains__(self, name: object) -> bool:
         return name in self._macs
 
+    def __len__(self) -> int:
+        return len(self._macs)
+
     def mac_of(self, name: str) -> bytes:
         return self._macs[name]
 
