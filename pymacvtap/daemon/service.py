@@ -29,6 +29,7 @@ from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
+from pymacvtap.daemon.speaking import AddressFollower, Announcements
 from pymacvtap.daemon.state import StateError, StateStore
 from pymacvtap.daemon.view import show
 from pymacvtap.io import netlink
@@ -49,9 +50,14 @@ class EndpointService:
         self.engine = Engine(os.urandom)
         self.endpoints: dict[str, EndpointRuntime] = {}
         self._subscribers: list[Subscriber] = []
-        self.datapath: DataPath = SoftwarePath(loop)
+        software = SoftwarePath(loop)
+        self.datapath: DataPath = software
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
+        self.announcements = Announcements(loop, self.engine, software.breathe)
+        self.addresses = AddressFollower(
+            loop, self.engine, self.endpoints, self._announce_if_up, self.follower.sync_groups
+        )
 
     # -- the control verbs ---------------------------------------------------------------
 
@@ -99,6 +105,7 @@ class EndpointService:
             self.lowers.listen_for(lower, rt)
             undo.append(lambda: self.lowers.stop_listening(lower, ep.mode, ep.mac))
             self.follower.follow_netdev(rt, initial=True, restoring=restoring)
+            undo.append(self.addresses.track(rt))
             if not restoring:
                 self.save(where, put=[rt.config()])
         except BaseException:
@@ -128,6 +135,8 @@ class EndpointService:
                     netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
             if "spoofchk" in changes:
                 self.engine.set_spoofchk(name, bool(changes["spoofchk"]))
+            if "macnat" in changes:
+                self.engine.set_macnat(name, bool(changes["macnat"]))
             if "macaddr" in changes:
                 spec = changes["macaddr"]
                 macs = [parse_mac(m) for m in spec.get("addresses", [])]
@@ -139,6 +148,10 @@ class EndpointService:
                     # up so the daemon can reach it, only forwarding stops.
                     netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
                 self.set_up(rt, up)
+            if changes.get("announce"):
+                if not rt.ep.up:
+                    raise EngineError("ENETDOWN", "announce: the endpoint is down")
+                self.announcements.start(name)
         except EngineError as exc:
             raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
         except ValueError as exc:
@@ -195,6 +208,7 @@ class EndpointService:
                 errno.errorcode.get(exc.errno or 0, "EIO"),
                 f"{where}: tap {cfg.netdev_name}: {exc.strerror}{hint}",
             ) from None
+        self.announcements.start(name)  # a VM attached: tell the network where it is
         self.emit({"event": "attach", "ifname": name, "queues": count})
         return WithFds({"name": name, "queues": count}, fds)
 
@@ -257,6 +271,8 @@ class EndpointService:
         self.engine.remove_endpoint(cfg.name)
         del self.endpoints[cfg.name]
         self.follower.untrack(rt)
+        self.addresses.untrack(rt)
+        self.announcements.cancel(cfg.name)
         if lower is not None:
             self.lowers.stop_listening(lower, mode, mac)
             if not lower.port.endpoints:
@@ -268,7 +284,10 @@ class EndpointService:
         if rt.ep.up == up:
             return
         self.engine.set_up(rt.cfg.name, up)
-        if not up:
+        if up:
+            self.announcements.start(rt.cfg.name)
+        else:
+            self.announcements.cancel(rt.cfg.name)
             rt.ep.rx_queue.clear()
 
     def set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
@@ -318,6 +337,11 @@ class EndpointService:
         rt = self.endpoints.get(name)
         if rt is not None:
             self.datapath.attach_endpoint(rt)
+            self._announce_if_up(rt)  # a VM (dis)connected: say where its MAC is now
+
+    def _announce_if_up(self, rt: EndpointRuntime) -> None:
+        if rt.ep.up and rt.cfg.name in self.endpoints:
+            self.announcements.start(rt.cfg.name)
 
     def _save_all(self, where: str) -> None:
         """Save every endpoint as a new snapshot (after restore)."""
@@ -344,6 +368,8 @@ class EndpointService:
             rt.frontend.close(delete=False)
         self.lowers.close()
         self.follower.close()
+        self.addresses.close()
+        self.announcements.close()
 
 
 def _strip_name(message: str, name: str) -> str:
