@@ -328,7 +328,7 @@ pymacvtap daemon - run the daemon
 
 SYNOPSIS
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
-                     [--metrics ADDR:PORT]
+                     [--metrics ADDR:PORT] [--announce-rounds N]
 
 DESCRIPTION
     Runs in the foreground in the network namespace of the lower devices, until SIGTERM
@@ -341,6 +341,9 @@ OPTIONS
     --state-dir DIR      where the configuration is saved (default {state_dir})
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
+    --announce-rounds N  gratuitous ARP/NA rounds sent for an endpoint that comes up,
+                         after a restart, when a VM attaches and on `link set NAME
+                         announce` (default 5, as QEMU's announce-self; 0: none)
 
 EXAMPLES
     pymacvtap daemon --admin-group netadm

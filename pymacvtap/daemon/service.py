@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymacvtap.control.protocol import WithFds
+from pymacvtap.core.announce import ROUNDS
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
@@ -44,7 +45,7 @@ Subscriber = Callable[[dict[str, Any]], None]
 class EndpointService:
     """The Service behind the control socket; owner of the endpoints."""
 
-    def __init__(self, loop: Loop, state: StateStore) -> None:
+    def __init__(self, loop: Loop, state: StateStore, *, announce_rounds: int = ROUNDS) -> None:
         self.loop = loop
         self.state = state
         self.engine = Engine(os.urandom)
@@ -54,7 +55,7 @@ class EndpointService:
         self.datapath: DataPath = software
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
-        self.announcements = Announcements(loop, self.engine, software.breathe)
+        self.announcements = Announcements(loop, self.engine, software.breathe, announce_rounds)
         self.addresses = AddressFollower(
             loop, self.engine, self.endpoints, self._announce_if_up, self.follower.sync_groups
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from pymacvtap.core.announce import Announcer, announcement
+from pymacvtap.core.announce import ROUNDS, Announcer, announcement
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.frame import Frame
 from pymacvtap.daemon.runtime import EndpointRuntime
@@ -33,11 +33,13 @@ TICK_SECONDS = 1.0
 class Announcements:
     """Running announcements of every endpoint, on one timer of the loop."""
 
-    def __init__(self, loop: Loop, engine: Engine, flush: Callable[[], object]) -> None:
+    def __init__(
+        self, loop: Loop, engine: Engine, flush: Callable[[], object], rounds: int = ROUNDS
+    ) -> None:
         self.loop = loop
         self.engine = engine
         self.flush = flush  # writes what the engine queued (the data path's breath)
-        self.announcer = Announcer()
+        self.announcer = Announcer(rounds=rounds)
         self.sent = 0  # frames, for the metrics and tests
         self._timer: Timer | None = None
         self._ticker = loop.call_later(TICK_SECONDS, self._tick)

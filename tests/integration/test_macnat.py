@@ -22,11 +22,18 @@ import pytest
 from lab import Lab
 from lab.capture import PacketSocket
 from lab.daemon import DaemonProcess
-from lab.fixtures import LOWER_MAC, SUBNET, Containers
+from lab.fixtures import LOWER_MAC, SUBNET, Containers, running_daemon
 from lab.netns import ip
 
 ETH_P_ARP = b"\x08\x06"
 ETH_P_RARP = b"\x80\x35"
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[DaemonProcess]:
+    """The daemon as users run it: announcements on (the lab's default is silence)."""
+    with running_daemon(lab, tmp_path, announce_rounds=None) as proc:
+        yield proc
 
 
 def access_point(lab: Lab, lower: str = "low0") -> None:
@@ -189,3 +196,14 @@ def test_announcements_reach_the_outside(
         assert len(again) == 5
         sender_ip = bytes(int(x) for x in containers.address["c1"].split("."))
         assert all(f[12:14] == ETH_P_ARP and f[28:32] == sender_ip for f in again)
+
+
+def test_a_kernel_macvlan_with_arp_notify_off_announces_nothing(lab: Lab) -> None:
+    """The control for the announcements above: without pymacvtap the outside hears nothing."""
+    mac = bytes.fromhex("020000000c77")
+    ns = lab.add_netns("k1")
+    with PacketSocket(lab.ext, "eth0") as sock:
+        lab.add_macvlan("k1", "low0", "bridge", mac=mac, up=False, netns=ns)
+        ip(ns, "addr", "add", f"{SUBNET}.77/24", "dev", "k1")
+        ip(ns, "link", "set", "k1", "up")
+        assert _announcements(sock, mac, 1.5) == []
