@@ -23,7 +23,7 @@ from lab import Lab
 from lab.capture import PacketSocket
 from lab.daemon import DaemonProcess
 from lab.fixtures import LOWER_MAC, SUBNET, Containers, running_daemon
-from lab.netns import ip
+from lab.netns import ip, sysctl
 
 ETH_P_ARP = b"\x08\x06"
 ETH_P_RARP = b"\x80\x35"
@@ -207,3 +207,33 @@ def test_a_kernel_macvlan_with_arp_notify_off_announces_nothing(lab: Lab) -> Non
         ip(ns, "addr", "add", f"{SUBNET}.77/24", "dev", "k1")
         ip(ns, "link", "set", "k1", "up")
         assert _announcements(sock, mac, 1.5) == []
+
+
+def _ipv6_on(netns: str, dev: str, address: str) -> None:
+    for key in ("all", dev):
+        sysctl(netns, f"net.ipv6.conf.{key}.disable_ipv6", "0")
+    ip(netns, "-6", "addr", "add", f"{address}/64", "dev", dev, "nodad")
+
+
+def _ping6(netns: str, address: str) -> bool:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", address],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    return proc.returncode == 0
+
+
+def test_macnat_over_ipv6_neighbour_discovery_translated(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    access_point(lab)
+    _ipv6_on(lab.ext, "eth0", "fd00::100")
+    for n, name in enumerate(("c1", "c2"), start=11):
+        ns = containers.add(name, "bridge", extra=("macnat", "on"))
+        _ipv6_on(ns, "eth0", f"fd00::{n}")
+    time.sleep(1.5)  # the solicited-node groups reach the endpoints' filters
+    assert _ping6(lab.ext, "fd00::11")  # the outside first
+    assert _ping6(containers.netns["c1"], "fd00::100")
+    assert _ping6(containers.netns["c2"], "fd00::100")
+    assert _ping6(containers.netns["c1"], "fd00::12")
+    assert ap_drops(lab) == 0
