@@ -237,3 +237,24 @@ def test_macnat_over_ipv6_neighbour_discovery_translated(
     assert _ping6(containers.netns["c2"], "fd00::100")
     assert _ping6(containers.netns["c1"], "fd00::12")
     assert ap_drops(lab) == 0
+
+
+def test_a_restarted_daemon_announces_its_endpoints(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """After SIGKILL and a restart the endpoints are restored and announced again."""
+    containers.add("c1", "bridge")
+    mac = bytes.fromhex(daemon.show("c1")["address"].replace(":", ""))
+    time.sleep(2.0)  # the first announcement is over
+    daemon.kill()
+    with PacketSocket(lab.ext, "eth0") as sock:
+        sock.flush()
+        daemon.start()
+        frames = _announcements(sock, mac, 2.5)
+    sender_ip = bytes(int(x) for x in containers.address["c1"].split("."))
+    # The endpoint comes up before its netdev's addresses are read back: a RARP may come
+    # first, then the five rounds start again with the gratuitous ARPs.
+    arps = [f for f in frames if f[12:14] == ETH_P_ARP]
+    assert len(arps) == 5 and len(frames) - len(arps) <= 1, frames
+    assert all(f[28:32] == sender_ip for f in arps)
+    assert containers.ping("ext", "c1")
