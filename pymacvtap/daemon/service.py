@@ -105,8 +105,8 @@ class EndpointService:
             undo.append(self.follower.track(rt))
             self.lowers.listen_for(lower, rt)
             undo.append(lambda: self.lowers.stop_listening(lower, ep.mode, ep.mac))
-            self.follower.follow_netdev(rt, initial=True, restoring=restoring)
             undo.append(self.addresses.track(rt))
+            self.follower.follow_netdev(rt, initial=True, restoring=restoring)
             if not restoring:
                 self.save(where, put=[rt.config()])
         except BaseException:

@@ -22,7 +22,7 @@ from pymacvtap.core.engine import Engine
 from pymacvtap.core.frame import Frame
 from pymacvtap.daemon.runtime import EndpointRuntime
 from pymacvtap.io import netlink
-from pymacvtap.io.addrwatch import AddressEvent, AddressWatcher
+from pymacvtap.io.addrwatch import AddressEvent, AddressWatcher, current_addresses
 from pymacvtap.io.loop import Loop, Timer
 
 log = logging.getLogger("pymacvtap")
@@ -121,12 +121,17 @@ class AddressFollower:
             return lambda: None
         try:
             ifindex = netlink.link_info(cfg.netdev_name, cfg.netns).ifindex
-            watcher = self._watcher(cfg.netns)
+            self._watcher(cfg.netns)
+            # What it has already (a restored endpoint), read after subscribing: no
+            # change falls in between.  Known before it comes up, so that its first
+            # announcement names them rather than being a RARP.
+            present = [ev for ev in current_addresses(cfg.netns) if ev.ifindex == ifindex]
         except OSError as exc:
             log.warning("%s: cannot follow its addresses: %s", cfg.name, exc)
             return lambda: None
         self._by_index[(cfg.netns, ifindex)] = cfg.name
-        watcher.request_dump()  # the addresses it has already
+        for ev in present:
+            self._address(rt, ev)
         return lambda: self.untrack(rt)
 
     def untrack(self, rt: EndpointRuntime) -> None:

@@ -104,6 +104,36 @@ class AddressWatcher:
         return events
 
 
+def current_addresses(ns: str | None = None, timeout: float = 2.0) -> list[AddressEvent]:
+    """Every address of the namespace now (an RTM_GETADDR dump, read to its end)."""
+    with entered(ns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    with sock:
+        sock.settimeout(timeout)
+        sock.bind((0, 0))
+        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        header = _NLMSG.pack(_NLMSG.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+        sock.send(header + body)
+        events: list[AddressEvent] = []
+        while True:
+            data = sock.recv(1 << 16)
+            events.extend(parse(data))
+            if _ends_dump(data):
+                return events
+
+
+def _ends_dump(data: bytes) -> bool:
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            return True
+        if length < _NLMSG.size:
+            return True
+        offset += (length + 3) & ~3
+    return False
+
+
 def parse(data: bytes) -> list[AddressEvent]:
     """The address events in one netlink datagram (others skipped)."""
     events = []

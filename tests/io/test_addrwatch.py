@@ -19,6 +19,7 @@ from pymacvtap.io.addrwatch import (
     RTM_NEWMULTICAST,
     AddressEvent,
     AddressWatcher,
+    current_addresses,
     parse,
 )
 
@@ -102,3 +103,12 @@ def test_addresses_and_ip_joins_in_a_namespace(netns: str) -> None:
         assert AddressEvent(index, V4, True) in _events(watcher, 2)
     finally:
         watcher.close()
+
+
+def test_current_addresses_reads_the_whole_dump(netns: str) -> None:
+    ip(netns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+    index = int(ip(netns, "-o", "link", "show", "d0").split(":")[0])
+    for n in range(1, 41):  # more than one datagram's worth
+        ip(netns, "addr", "add", f"10.1.{n}.3/24", "dev", "d0")
+    found = {ev.address for ev in current_addresses(netns) if ev.ifindex == index}
+    assert found == {bytes([10, 1, n, 3]) for n in range(1, 41)}
