@@ -138,6 +138,13 @@ class LowerAddressing:
     def forget_netdev(self, name: str, address: bytes) -> bool:
         return self.book.forget(name, address)
 
+    def set_host_address(self, address: bytes, present: bool) -> None:
+        """The lower itself has (or lost) ``address``: frames for it stay the host's."""
+        if present:
+            self.nat.reserved.add(address)
+        else:
+            self.nat.reserved.discard(address)
+
     @property
     def active(self) -> bool:
         """Whether any endpoint of the lower has macnat on."""

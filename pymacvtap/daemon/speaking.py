@@ -8,7 +8,8 @@
   endpoint's announcement carries the lower's MAC on the wire; bridge peers hear it).
 * :class:`AddressFollower`: a container netdev's own addresses (RTM_NEWADDR/DELADDR in
   its namespace) into the lower's address book, and IP multicast joins
-  (RTM_NEWMULTICAST) turned into an immediate read of the netdev's groups.
+  (RTM_NEWMULTICAST) turned into an immediate read of the netdev's groups; the lowers'
+  own addresses too, which MAC translation must leave to the host.
 * The clock for the engine's address tables: one tick a second (ages, transactions).
 """
 
@@ -113,10 +114,13 @@ class AddressFollower:
         self._watchers: dict[str | None, AddressWatcher] = {}
         # (netns, ifindex) -> endpoint name
         self._by_index: dict[tuple[str | None, int], str] = {}
+        # ifindex (in the daemon's namespace) -> lower name
+        self._lowers: dict[int, str] = {}
 
     def track(self, rt: EndpointRuntime) -> Callable[[], None]:
         """Follow a container netdev's addresses (others have none of the endpoint's)."""
         cfg = rt.cfg
+        self._track_lower(cfg.link)
         if not cfg.kind.netdev_is_endpoint:
             return lambda: None
         try:
@@ -134,11 +138,33 @@ class AddressFollower:
             self._address(rt, ev)
         return lambda: self.untrack(rt)
 
+    def _track_lower(self, lower: str) -> None:
+        """The host's addresses on the lower: frames for them are never an endpoint's."""
+        if lower in self._lowers.values():
+            return
+        port = self.engine.ports.get(lower)
+        try:
+            ifindex = netlink.link_info(lower, None).ifindex
+            self._watcher(None)
+            present = [ev for ev in current_addresses(None) if ev.ifindex == ifindex]
+        except OSError as exc:
+            log.warning("lower %s: cannot follow its addresses: %s", lower, exc)
+            return
+        self._lowers[ifindex] = lower
+        if port is not None:
+            for ev in present:
+                port.addressing.set_host_address(ev.address, True)
+
     def untrack(self, rt: EndpointRuntime) -> None:
         name = rt.cfg.name
         for key in [k for k, v in self._by_index.items() if v == name]:
             del self._by_index[key]
+        in_use = {e.cfg.link for e in self.endpoints.values() if e is not rt}
+        for ifindex in [i for i, low in self._lowers.items() if low not in in_use]:
+            del self._lowers[ifindex]
         used = {ns for ns, _ in self._by_index}
+        if self._lowers:
+            used.add(None)
         for netns in [ns for ns in self._watchers if ns not in used]:
             watcher = self._watchers.pop(netns)
             self.loop.forget(watcher.fileno())
@@ -164,6 +190,11 @@ class AddressFollower:
         regroup: dict[str, EndpointRuntime] = {}
         announce: dict[str, EndpointRuntime] = {}
         for ev in events:
+            lower = self._lowers.get(ev.ifindex) if netns is None else None
+            port = None if lower is None else self.engine.ports.get(lower)
+            if port is not None and not ev.multicast:
+                port.addressing.set_host_address(ev.address, ev.added)
+                continue
             name = self._by_index.get((netns, ev.ifindex))
             rt = None if name is None else self.endpoints.get(name)
             if rt is None:

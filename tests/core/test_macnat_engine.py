@@ -91,6 +91,20 @@ def test_frames_for_the_lower_mac_nobody_owns_stay_the_hosts() -> None:
     assert d.outcome.value == "not_ours"
 
 
+def test_the_hosts_own_addresses_are_never_claimed() -> None:
+    """A container claiming the host's address (ARP) does not get the host's frames."""
+    engine = _engine()
+    port = engine.port("low0")
+    port.addressing.set_host_address(IP_OUT, True)
+    _send(engine, "a", arp(EP_A, IP_OUT, IP_B))  # a says IP_OUT is its own
+    _received(engine)
+    d = engine.from_lower(port, Frame(tcp4(OUTSIDE, LOWER, IP_B, IP_OUT)))
+    assert d.outcome.value == "not_ours" and _received(engine)["a"] == []
+    port.addressing.set_host_address(IP_OUT, False)
+    engine.from_lower(port, Frame(tcp4(OUTSIDE, LOWER, IP_B, IP_OUT)))
+    assert len(_received(engine)["a"]) == 1
+
+
 def test_an_echoed_broadcast_is_spared_its_sender() -> None:
     engine = _engine(Mode.VEPA)
     [wire] = _send(engine, "a", arp(EP_A, IP_A, IP_OUT))

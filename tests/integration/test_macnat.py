@@ -256,3 +256,28 @@ def test_a_restarted_daemon_announces_its_endpoints(
     assert len(frames) == 5, frames
     assert all(f[12:14] == ETH_P_ARP and f[28:32] == sender_ip for f in frames)
     assert containers.ping("ext", "c1")
+
+
+def test_a_macnat_endpoint_cannot_take_the_hosts_address(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """The lower's own address stays the host's even when a container claims it."""
+    host_ip = f"{SUBNET}.2"
+    ip(lab.host, "addr", "add", f"{host_ip}/24", "dev", "low0")
+    ns = containers.add("c1", "bridge", extra=("macnat", "on"))
+    ip(ns, "addr", "add", f"{host_ip}/32", "dev", "eth0")  # hostile, or a mistake
+    time.sleep(0.5)
+    containers.address["host"] = host_ip
+    with PacketSocket(ns, "eth0") as inside:
+        inside.flush()
+        subprocess.run(
+            ["ip", "netns", "exec", lab.ext, "ping", "-c", "2", "-i", "0.2", "-W", "1", host_ip],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        target = bytes(int(x) for x in host_ip.split("."))
+        stolen = [
+            c.data
+            for c in inside.read_all()
+            if not c.outgoing and c.data[12:14] == b"\x08\x00" and c.data[30:34] == target
+        ]
+    assert stolen == []
