@@ -74,6 +74,18 @@ def test_without_macnat_the_access_point_drops_the_endpoints(
     assert ap_drops(lab) > 0
 
 
+def test_kernel_macvlan_fails_behind_the_access_point(lab: Lab) -> None:
+    """The control of the issue: the kernel's macvlan in the same lab gets nowhere."""
+    access_point(lab)
+    ns = lab.add_netns("k1")
+    lab.add_macvlan("k1", "low0", "bridge", mac=bytes.fromhex("020000000c55"), up=False, netns=ns)
+    ip(ns, "addr", "add", f"{SUBNET}.55/24", "dev", "k1")
+    ip(ns, "link", "set", "k1", "up")
+    ping = ["ping", "-c", "1", "-W", "1", f"{SUBNET}.100"]
+    assert subprocess.run(["ip", "netns", "exec", ns, *ping], capture_output=True).returncode
+    assert ap_drops(lab) > 0
+
+
 def test_macnat_endpoints_talk_to_the_outside_and_each_other(
     lab: Lab, daemon: DaemonProcess, containers: Containers
 ) -> None:
