@@ -76,10 +76,16 @@ class DaemonProcess:
         admin_group: str | None = None,
         extra_args: Sequence[str] = (),
         interpreter: Sequence[str] = (),
+        announce_rounds: int | None = 0,
     ) -> None:
         """``extra_args`` go to ``pymacvtap daemon`` (``--metrics ...``); ``interpreter``
-        options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``)."""
+        options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``).
+
+        ``announce_rounds``: the lab's daemon announces nothing unless a test asks (None:
+        the daemon's default), as a container's kernel with arp_notify 0 is silent: the
+        tests that count frames or compare with kernel macvlan rely on it."""
         self.netns = netns
+        self.announce_rounds = announce_rounds
         self.extra_args = list(extra_args)
         self.interpreter = list(interpreter)
         self.workdir = workdir
@@ -104,6 +110,8 @@ class DaemonProcess:
         ]  # fmt: skip
         if self.admin_group:
             argv += ["--admin-group", self.admin_group]
+        if self.announce_rounds is not None:
+            argv += ["--announce-rounds", str(self.announce_rounds)]
         argv += self.extra_args
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

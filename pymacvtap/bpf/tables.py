@@ -138,7 +138,8 @@ def derive(
                 endpoint_slots[ep.name],
                 ifindex=device.ifindex if device else 0,
                 peer=device.peer if device else False,
-                fast=device is not None and ep.name not in captured,
+                # A macnat endpoint's frames are rewritten: the daemon's (SPEC 9).
+                fast=device is not None and ep.name not in captured and not ep.macnat,
             )
             tables.endpoints[(ifindex, ep.mac)] = entry
             if device is not None:

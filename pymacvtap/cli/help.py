@@ -16,7 +16,8 @@ SYNOPSIS
     pymacvtap [OPTIONS] link show [NAME]
     pymacvtap [OPTIONS] link add link LOWER name NAME type {macvlan|macvtap} [ATTRS...]
     pymacvtap [OPTIONS] link set NAME [up|down] [address MAC] [mtu N] [mode MODE]
-                                      [spoofchk {on|off}] [macaddr {add|del|set|flush} [MAC...]]
+                                      [spoofchk {on|off}] [macnat {on|off}] [announce]
+                                      [macaddr {add|del|set|flush} [MAC...]]
     pymacvtap [OPTIONS] link del NAME
     pymacvtap [OPTIONS] lower show [LOWER]
     pymacvtap [OPTIONS] monitor
@@ -139,7 +140,8 @@ SYNOPSIS
                        [mode MODE] [address MAC] [netns NS] [ifname IFNAME]
                        [frontend {tap|stream|dgram|vhost-user}] [path PATH] [peer PATH]
                        [owner UID] [group GID] [queues N] [mtu N] [bcqueuelen N]
-                       [spoofchk {on|off}] [nopromisc] [dhcp {on|off} [hostname NAME]]
+                       [spoofchk {on|off}] [macnat {on|off}] [nopromisc]
+                       [dhcp {on|off} [hostname NAME]]
 
 DESCRIPTION
     Creates endpoint NAME on the lower device LOWER.  Keywords may come in any order;
@@ -178,6 +180,10 @@ OPTIONS
     bcqueuelen N       length of the broadcast queue (default {bcqueuelen})
     spoofchk on|off    drop frames the endpoint sends with a source MAC not its own
                        (default off)
+    macnat on|off      for lowers whose next hop accepts only the lower's own MAC
+                       (a Wi-Fi station, MAC-filtering switches): frames to the wire
+                       carry the lower's MAC, replies are given back by IP address
+                       (modes bridge, vepa and private; default off)
     nopromisc          passthru only: do not make the lower promiscuous
     dhcp on|off        macvlan: the daemon gets the netdev's address from the LAN's
                        DHCP server, puts it (and the default route) on the netdev,
@@ -190,6 +196,7 @@ EXAMPLES
     pymacvtap link add link eth0 name vm1 type macvtap frontend vhost-user \\
               path /run/vm1/net.sock owner qemu group kvm
     pymacvtap link add link eth0 name mon type macvtap mode source frontend stream
+    pymacvtap link add link wlan0 name c2 type macvlan mode bridge netns c2 macnat on
 """
 
 HELP_SET = """\
@@ -197,7 +204,8 @@ pymacvtap link set - change an endpoint
 
 SYNOPSIS
     pymacvtap link set [dev] NAME [up|down] [address MAC] [mtu N] [mode MODE]
-                       [spoofchk {on|off}] [macaddr {add|del|set|flush} [MAC...]]
+                       [spoofchk {on|off}] [macnat {on|off}] [announce]
+                       [macaddr {add|del|set|flush} [MAC...]]
 
 DESCRIPTION
     Changes the named endpoint; several changes may be given at once.
@@ -209,6 +217,10 @@ OPTIONS
     mtu N              change its MTU (68-65535)
     mode MODE          private, vepa, bridge, passthru or source
     spoofchk on|off    drop frames sent with a source MAC not the endpoint's own
+    macnat on|off      translate its MAC to the lower's on the wire (see link add)
+    announce           tell the network where the endpoint is: a gratuitous ARP per
+                       IPv4 address, an unsolicited NA per IPv6 address (a RARP when
+                       none is known), five times over about 1.5 s
     macaddr add MAC... mode source: add MACs to the list of watched sources
     macaddr del MAC... remove them
     macaddr set MAC... replace the list
@@ -218,6 +230,7 @@ EXAMPLES
     pymacvtap link set c1 up
     pymacvtap link set dev vm0 address 02:00:00:00:00:10 mtu 9000
     pymacvtap link set mon macaddr add 52:54:00:00:00:01 52:54:00:00:00:02
+    pymacvtap link set vm0 announce
 """
 
 HELP_DEL = """\
@@ -360,7 +373,7 @@ pymacvtap daemon - run the daemon
 
 SYNOPSIS
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
-                     [--metrics ADDR:PORT]
+                     [--metrics ADDR:PORT] [--announce-rounds N]
 
 DESCRIPTION
     Runs in the foreground in the network namespace of the lower devices, until SIGTERM
@@ -374,6 +387,9 @@ OPTIONS
                          daemon per state dir: a second one exits at once, naming the first
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
+    --announce-rounds N  gratuitous ARP/NA rounds sent for an endpoint that comes up,
+                         after a restart, when a VM attaches and on `link set NAME
+                         announce` (default 5, as QEMU's announce-self; 0: none)
 
 EXAMPLES
     pymacvtap daemon --admin-group netadm

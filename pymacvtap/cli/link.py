@@ -120,6 +120,7 @@ _ADD_VALUES: dict[str, str] = {
     "mtu": "mtu",
     "bcqueuelen": "bcqueuelen",
     "spoofchk": "spoofchk",
+    "macnat": "macnat",
     "dhcp": "dhcp",
     "hostname": "hostname",
 }
@@ -141,6 +142,7 @@ _METAVAR = {
     "mtu": "N",
     "bcqueuelen": "N",
     "spoofchk": "on|off",
+    "macnat": "on|off",
     "dhcp": "on|off",
     "hostname": "NAME",
 }
@@ -200,7 +202,7 @@ def _parse_add(words: list[str]) -> Command:
             args[key] = enum(where, key, value, MODES, help_cmd)
         elif key == "frontend":
             args[key] = enum(where, key, value, FRONTENDS, help_cmd)
-        elif key in ("spoofchk", "dhcp"):
+        elif key in ("spoofchk", "macnat", "dhcp"):
             args[key] = onoff(where, key, value, help_cmd)
         elif key in _INT_ATTRS:
             args[key] = integer(where, key, value, help_cmd)
@@ -235,7 +237,18 @@ def resolve_group(where: str, value: str) -> int:
         raise Failure(f"{where}: group {value}: no such group") from None
 
 
-_SET_KEYWORDS = ("up", "down", "address", "addr", "mtu", "mode", "spoofchk", "macaddr")
+_SET_KEYWORDS = (
+    "up",
+    "down",
+    "address",
+    "addr",
+    "mtu",
+    "mode",
+    "spoofchk",
+    "macnat",
+    "macaddr",
+    "announce",
+)
 
 
 def _parse_set(words: list[str]) -> Command:
@@ -261,7 +274,12 @@ def _parse_set(words: list[str]) -> Command:
             changes["up"] = word == "up"
             i += 1
             continue
-        if word in ("address", "addr", "mtu", "mode", "spoofchk"):
+        if word == "announce":
+            once(word, word)
+            changes["announce"] = True
+            i += 1
+            continue
+        if word in ("address", "addr", "mtu", "mode", "spoofchk", "macnat"):
             key = "address" if word == "addr" else word
             once(word, key)
             if i + 1 >= len(rest):
@@ -272,7 +290,7 @@ def _parse_set(words: list[str]) -> Command:
                 changes[key] = integer(where, key, value, help_cmd)
             elif key == "mode":
                 changes[key] = enum(where, key, value, MODES, help_cmd)
-            elif key == "spoofchk":
+            elif key in ("spoofchk", "macnat"):
                 changes[key] = onoff(where, key, value, help_cmd)
             else:
                 changes[key] = value
@@ -301,7 +319,8 @@ def _parse_set(words: list[str]) -> Command:
     if not changes:
         usage(
             where,
-            "nothing to change (give up, down, address, mtu, mode, spoofchk or macaddr)",
+            "nothing to change (give up, down, address, mtu, mode, spoofchk, macnat, macaddr "
+            "or announce)",
             help_cmd,
         )
     return Command("link.set", {"name": name, "changes": changes}, where)

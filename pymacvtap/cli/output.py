@@ -50,7 +50,15 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     if entry.get("bcqueuelen") is not None:
         detail += f" bcqueuelen {entry['bcqueuelen']}"
     detail += f" spoofchk {'on' if entry.get('spoofchk') else 'off'}"
+    if entry.get("macnat"):
+        detail += " macnat on"
     lines.append(detail)
+    for address in entry.get("addresses") or ():
+        if isinstance(address, dict):
+            lines.append(
+                f"    {address.get('family')} {address.get('address')} "
+                f"origin {address.get('origin')}"
+            )
     macaddrs = entry.get("macaddrs")
     if isinstance(macaddrs, list) and (macaddrs or entry.get("mode") == "source"):
         lines.append(f"    macaddr count {len(macaddrs)}" + "".join(f" {m}" for m in macaddrs))

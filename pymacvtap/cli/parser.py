@@ -196,6 +196,7 @@ _DAEMON_OPTIONS = {
     "--state-dir": "state_dir",
     "--admin-group": "admin_group",
     "--metrics": "metrics",
+    "--announce-rounds": "announce_rounds",
 }
 
 
@@ -228,6 +229,9 @@ def _parse_daemon(words: list[str], opts: Options) -> Parsed:
         if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
             usage("daemon", f'--metrics "{metrics}": expected ADDR:PORT', "daemon")
         del host
+    rounds = values["announce_rounds"]
+    if rounds is not None and not (rounds.isdigit() and int(rounds) <= 100):
+        usage("daemon", f'--announce-rounds "{rounds}": expected 0..100', "daemon")
     if values["socket"] is None:
         values["socket"] = opts.socket
     return RunDaemon(argparse.Namespace(**values))

@@ -49,7 +49,9 @@ SET_KEYS: dict[str, type] = {
     "mtu": int,
     "mode": str,
     "spoofchk": bool,
+    "macnat": bool,
     "macaddr": dict,
+    "announce": bool,
 }
 _MAX_NAME = 255
 

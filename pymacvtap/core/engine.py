@@ -88,6 +88,7 @@ class Engine:
         """The lower's MAC changed; a passthru endpoint follows it."""
         port = self.port(name)
         port.mac = mac
+        port.addressing.set_lower_mac(mac)
         if port.passthru is not None:
             self._rehash(port.passthru, mac)
 
@@ -111,10 +112,13 @@ class Engine:
         spoofchk: bool = False,
         bcqueuelen: int = DEFAULT_BCQUEUELEN,
         rx_queue_len: int = DEFAULT_RX_QUEUE_LEN,
+        macnat: bool = False,
     ) -> Endpoint:
         if not name:
             raise EngineError("EINVAL", "endpoint name must not be empty")
         _check_mode(name, mode)
+        if macnat:
+            _check_macnat_mode(name, mode)
         if name in self.endpoints:
             raise EngineError("EEXIST", f"{name}: an endpoint of that name exists")
         port = self.port(lower)
@@ -163,6 +167,8 @@ class Engine:
         self.endpoints[name] = ep
         if mode is Mode.PASSTHRU:
             port.passthru = ep
+        if macnat:
+            self.set_macnat(name, True)
         if up:
             self.set_up(name, True)
         return ep
@@ -178,6 +184,7 @@ class Engine:
         if port.macs.get(ep.mac) is ep:
             del port.macs[ep.mac]
         del self.endpoints[name]
+        port.addressing.remove_endpoint(name)
         port.ready.pop(ep, None)
         if port.passthru is ep:
             port.passthru = None
@@ -225,6 +232,8 @@ class Engine:
             return
         self._check_free(port, name, mac)
         self._rehash(ep, mac)
+        if ep.macnat:
+            port.addressing.set_macnat(name, mac, True)
 
     def set_mtu(self, name: str, mtu: int) -> None:
         ep = self.endpoint(name)
@@ -239,12 +248,24 @@ class Engine:
             return
         if Mode.PASSTHRU in (mode, ep.mode):
             raise EngineError("EINVAL", f"{name}: mode cannot change to or from passthru")
+        if ep.macnat:
+            _check_macnat_mode(name, mode)
         if ep.mode is Mode.SOURCE:
             self._set_sources(ep, set())  # leaving source mode flushes the list
         ep.mode = mode
 
     def set_spoofchk(self, name: str, on: bool) -> None:
         self.endpoint(name).spoofchk = on
+
+    def set_macnat(self, name: str, on: bool) -> None:
+        """Translate the endpoint's MAC to the lower's on the wire (SPEC 9), or stop."""
+        ep = self.endpoint(name)
+        if on:
+            _check_macnat_mode(name, ep.mode)
+        port = ep.port
+        assert port is not None
+        port.addressing.set_macnat(name, ep.mac, on)
+        ep.macnat = on
 
     def set_bcqueuelen(self, name: str, length: int) -> None:
         if length < 0:
@@ -326,6 +347,16 @@ class Engine:
         if port is None:
             raise EngineError("ENODEV", f"{ep.name}: endpoint was removed")
         return port.from_endpoint(ep, frame)
+
+    def tick(self, now: float) -> None:
+        """The time for what follows (address ages, DHCP transactions), passed in."""
+        for port in self.ports.values():
+            port.addressing.expire(now)
+
+    def next_expiry(self) -> float | None:
+        """When :meth:`tick` next forgets an address (the daemon's timer)."""
+        times = [t for p in self.ports.values() if (t := p.addressing.next_expiry()) is not None]
+        return min(times) if times else None
 
     def process_broadcasts(self, budget: int = 1 << 30) -> list[Disposition]:
         """Settle queued floods on every lower, at most ``budget`` frames each."""
@@ -409,6 +440,18 @@ class Engine:
         for mac in macs - ep.source_macs:
             port.sources.setdefault(mac, []).append(ep)
         ep.source_macs = macs
+
+
+_MACNAT_MODES = (Mode.BRIDGE, Mode.VEPA, Mode.PRIVATE)
+
+
+def _check_macnat_mode(name: str, mode: Mode) -> None:
+    """MAC translation needs endpoints that share the lower: passthru owns the lower's MAC
+    already, and a source endpoint receives by the sender's MAC, which translation hides."""
+    if mode not in _MACNAT_MODES:
+        raise EngineError(
+            "EINVAL", f"{name}: macnat needs mode bridge, vepa or private, not {mode.label}"
+        )
 
 
 def _check_mode(name: str, mode: Mode) -> None:

@@ -86,6 +86,9 @@ class MacNat:
         self._macs: dict[str, bytes] = {}
         self._xids: OrderedDict[tuple[int, bytes], tuple[str, float]] = OrderedDict()
         self.drops: dict[MacNatDrop, int] = {}
+        # The host's own addresses on the lower: never an endpoint's, whatever it claims
+        # (a container sending ARP for the host's address must not take the host's frames).
+        self.reserved: set[bytes] = set()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -101,6 +104,9 @@ class MacNat:
 
     def __contains__(self, name: object) -> bool:
         return name in self._macs
+
+    def __len__(self) -> int:
+        return len(self._macs)
 
     def mac_of(self, name: str) -> bytes:
         return self._macs[name]
@@ -269,6 +275,8 @@ class MacNat:
         return self._owner(ip6.src, now)
 
     def _owner(self, address: bytes, now: float) -> str | None:
+        if address in self.reserved:
+            return None
         name = self.book.owner(address, now)
         return name if name is not None and name in self._macs else None
 

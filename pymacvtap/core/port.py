@@ -30,8 +30,10 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from pymacvtap.core.frame import ETH_HLEN, ETH_P_PAUSE
+from pymacvtap.core.addressing import LowerAddressing, may_be_dhcp_reply, shows_addresses
+from pymacvtap.core.frame import ETH_HLEN, ETH_P_PAUSE, Frame
 from pymacvtap.core.mac import BROADCAST
+from pymacvtap.core.macnat import MacNatDrop
 from pymacvtap.core.modes import (
     FLOOD_FROM_BRIDGE,
     FLOOD_FROM_OUTSIDE,
@@ -42,10 +44,6 @@ from pymacvtap.core.modes import (
 from pymacvtap.core.stats import DropReason, EndpointStats, LowerStats
 from pymacvtap.defaults import BCQUEUELEN
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from pymacvtap.core.frame import Frame
-
 DEFAULT_TX_QUEUE_LEN = 4096
 DEFAULT_RX_QUEUE_LEN = 500  # macvtap's tx_queue_len (TUN_READQ_SIZE)
 DEFAULT_BCQUEUELEN = BCQUEUELEN  # MACVLAN_DEFAULT_BC_QUEUE_LEN
@@ -54,6 +52,7 @@ DEFAULT_BCQUEUELEN = BCQUEUELEN  # MACVLAN_DEFAULT_BC_QUEUE_LEN
 # (``Mode.BRIDGE`` goes through the enum metaclass on every lookup).
 _BRIDGE = Mode.BRIDGE
 _SOURCE = Mode.SOURCE
+_MACNAT_DROPS = {d: r for d in MacNatDrop for r in DropReason if r.value[2] == d.value}
 
 
 class Outcome(enum.Enum):
@@ -104,6 +103,7 @@ class Port:
     """Per-lower state (the kernel's ``struct macvlan_port``)."""
 
     __slots__ = (
+        "addressing",
         "bc_queue",
         "by_mac",
         "endpoints",
@@ -145,6 +145,8 @@ class Port:
         self.stats = LowerStats()
         # Endpoints with frames waiting in rx_queue, in the order they became ready.
         self.ready: dict[Endpoint, None] = {}
+        # The endpoints' addresses and the translation of macnat endpoints (SPEC 9).
+        self.addressing = LowerAddressing(mac)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -235,7 +237,23 @@ class Port:
         # exact segment size (GSO metadata, VLAN tags).
         if len(data) - ETH_HLEN > self.mtu and frame.segment_size() > self.mtu:
             return self._drop_lower(frame, DropReason.OVERSIZE_FROM_LOWER)
+        if may_be_dhcp_reply(data):
+            self.addressing.dhcp_reply(data, self.macs)
+        if self.addressing.active:
+            # Frames for the lower's MAC that a macnat endpoint owns, before the lookup.
+            claimed = self._macnat_claim(frame)
+            if claimed is not None:
+                return claimed
         return self._receive(frame)
+
+    def _macnat_claim(self, frame: Frame) -> Disposition | None:
+        found = self.addressing.claim(frame.data)
+        ep = None if found is None else self.endpoints.get(found.endpoint)
+        if found is None or ep is None or not ep.up:
+            return None
+        d = Disposition(frame, Outcome.QUEUED)
+        self._offer(ep, Frame(found.data, frame.vnet), False, d)
+        return self._settle(d)
 
     def forward_from_lower(self, frame: Frame) -> None:
         """:meth:`from_lower` for the data path: the same decision, no Disposition.
@@ -249,7 +267,12 @@ class Port:
         size = len(data)
         # A passthru endpoint needs no exception: the general code gives it every
         # unicast frame, and the one found here is that endpoint, by its own MAC.
-        if size >= ETH_HLEN and not data[0] & 1 and not self.sources:
+        if (
+            size >= ETH_HLEN
+            and not data[0] & 1
+            and not self.sources
+            and not may_be_dhcp_reply(data)
+        ):
             ep = self.by_mac.get(data[0:6])
             if ep is not None and ep.mode is not _SOURCE:
                 queue = ep.rx_queue
@@ -277,6 +300,9 @@ class Port:
 
         if data[0] & 1:  # multicast or broadcast destination
             src = self.by_mac.get(src_mac)
+            if src is None and src_mac == self.mac and self.addressing.active:
+                # A macnat endpoint's group frame echoed back carries the lower's MAC.
+                src = self.endpoints.get(self.addressing.echoed_sender(data) or "")
             if src is not None and src.mode & REFLECT_TO_SENDER_ONLY:
                 # Our own private/passthru/source endpoint's group frame came back
                 # from the switch: it goes to the sender alone, never to siblings.
@@ -352,6 +378,8 @@ class Port:
             return self._drop_endpoint(ep, frame, DropReason.ENDPOINT_DOWN)
         if ep.spoofchk and data[6:12] != ep.mac:
             return self._drop_endpoint(ep, frame, DropReason.SPOOFED)
+        if not ep.macnat and shows_addresses(data):
+            self.addressing.sent(ep.name, ep.mac, data)
 
         d = Disposition(frame, Outcome.DELIVERED)
         if ep.mode is Mode.BRIDGE:
@@ -366,12 +394,15 @@ class Port:
                     self._count_tx(ep, frame)
                     return self._receive(frame)
 
-        if not self.up:
+        wire = frame if not ep.macnat else self._macnat_out(ep, frame)
+        if isinstance(wire, DropReason):
+            reason = wire
+        elif not self.up:
             reason = DropReason.LOWER_DOWN
         elif len(self.tx_queue) >= self.tx_queue_len:
             reason = DropReason.WIRE_QUEUE_FULL
         else:
-            self.tx_queue.append(frame)
+            self.tx_queue.append(wire)
             self.stats.tx_packets += 1
             self.stats.tx_bytes += len(data)
             self._count_tx(ep, frame)
@@ -386,6 +417,15 @@ class Port:
         # Otherwise local bridge copies went out; only the wire copy is lost, and
         # the kernel counts that as a failed transmit (tx_dropped).
         return d
+
+    def _macnat_out(self, ep: Endpoint, frame: Frame) -> Frame | DropReason:
+        """The wire copy of a macnat endpoint's frame: the lower's MAC in it (SPEC 9)."""
+        vnet = frame.vnet
+        partial = vnet is not None and vnet.needs_csum
+        out = self.addressing.translate_out(ep.name, frame.data, partial)
+        if isinstance(out, MacNatDrop):
+            return _MACNAT_DROPS[out]
+        return Frame(out, vnet)
 
     def forward_from_endpoint(self, ep: Endpoint, frame: Frame) -> None:
         """:meth:`from_endpoint` for the data path: the same decision, no Disposition.
@@ -403,8 +443,10 @@ class Port:
             size >= ETH_HLEN
             and not data[0] & 1
             and ep.up
+            and not ep.macnat
             and (size - ETH_HLEN <= ep.mtu or frame.segment_size() <= ep.mtu)
             and (not ep.spoofchk or data[6:12] == ep.mac)
+            and not shows_addresses(data)
         ):
             ep_stats = ep.stats
             if ep.mode is _BRIDGE:
@@ -449,6 +491,7 @@ class Endpoint:
         "allmulti",
         "bcqueuelen",
         "mac",
+        "macnat",
         "mc_groups",
         "mode",
         "mtu",
@@ -486,6 +529,8 @@ class Endpoint:
         self.mc_groups: set[bytes] = set()
         self.allmulti = False
         self.source_macs: set[bytes] = set()
+        # Frames to the wire carry the lower's MAC (SPEC 9); set through the Engine.
+        self.macnat = False
         self.rx_queue_len = rx_queue_len
         self.rx_queue: deque[Frame] = deque()
         self.stats = EndpointStats()

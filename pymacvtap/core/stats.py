@@ -29,6 +29,13 @@ class DropReason(enum.Enum):
     SPOOFED = ("endpoint", "tx_dropped", "spoofed")
     WIRE_QUEUE_FULL = ("endpoint", "tx_dropped", "wire_queue_full")
     RX_QUEUE_FULL = ("endpoint", "rx_dropped", "rx_queue_full")
+    # A macnat endpoint's frame that cannot go on the wire translated (core/macnat.py's
+    # MacNatDrop; the third element is its value).
+    MACNAT_RUNT = ("endpoint", "tx_dropped", "macnat_runt")
+    MACNAT_NON_IP = ("endpoint", "tx_dropped", "macnat_non_ip")
+    MACNAT_ARP_UNSUPPORTED = ("endpoint", "tx_dropped", "macnat_arp_unsupported")
+    MACNAT_ICMPV6_MALFORMED = ("endpoint", "tx_dropped", "macnat_icmpv6_malformed")
+    MACNAT_ND_REDIRECT = ("endpoint", "tx_dropped", "macnat_nd_redirect")
 
     @property
     def counter(self) -> str:

@@ -90,6 +90,7 @@ class EndpointConfig:
     mtu: int | None = None
     bcqueuelen: int = BCQUEUELEN
     spoofchk: bool = False
+    macnat: bool = False  # SPEC 9: the lower's MAC on the wire
     nopromisc: bool = False
     up: bool | None = None  # None: the type's default (macvlan down, macvtap up)
     macaddrs: list[str] = dataclasses.field(default_factory=list)  # source mode
@@ -150,6 +151,12 @@ class EndpointConfig:
             raise ConfigError(
                 "EINVAL",
                 f"name {self.name}: longer than 15 characters; give an ifname for the netdev",
+            )
+        if self.macnat and self.mode not in ("bridge", "vepa", "private"):
+            raise ConfigError(
+                "EINVAL",
+                f"macnat needs mode bridge, vepa or private, not {self.mode} "
+                "(passthru owns the lower's MAC; source mode receives by the sender's MAC)",
             )
         if self.nopromisc and self.mode != "passthru":
             raise ConfigError("EINVAL", "nopromisc needs mode passthru")
@@ -238,7 +245,7 @@ _STR = {"name", "link", "type", "mode", "frontend"}
 _OPT_STR = {"address", "netns", "ifname", "path", "peer", "hostname"}
 _OPT_INT = {"owner", "group", "mtu"}
 _INT = {"queues", "bcqueuelen"}
-_BOOL = {"spoofchk", "nopromisc", "dhcp"}
+_BOOL = {"spoofchk", "nopromisc", "macnat", "dhcp"}
 
 
 def _check_type(key: str, value: object) -> None:

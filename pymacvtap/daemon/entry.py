@@ -13,6 +13,7 @@ import traceback
 
 from pymacvtap import __version__
 from pymacvtap.control.server import ControlServer
+from pymacvtap.core.announce import ROUNDS
 from pymacvtap.daemon.lock import StateDirBusy, StateDirLock
 from pymacvtap.daemon.metrics import MetricsServer, bind_metrics, parse_address
 from pymacvtap.daemon.service import EndpointService
@@ -66,7 +67,12 @@ def _run(args: argparse.Namespace, socket_path: str, state_dir: str, admin_gid: 
     keep_freed_frames_mapped()
     loop = Loop()
     loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
-    service = EndpointService(loop, StateStore(state_dir, log.warning))
+    rounds = getattr(args, "announce_rounds", None)
+    service = EndpointService(
+        loop,
+        StateStore(state_dir, log.warning),
+        announce_rounds=ROUNDS if rounds is None else int(rounds),
+    )
     try:
         server = ControlServer(loop, socket_path, service, admin_gid, log)
     except OSError as exc:

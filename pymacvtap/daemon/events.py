@@ -27,6 +27,7 @@ def values(ep: Endpoint) -> dict[str, Any]:
         "mtu": ep.mtu,
         "mode": ep.mode.label,
         "spoofchk": ep.spoofchk,
+        "macnat": ep.macnat,
         "macaddr": sorted(format_mac(m) for m in ep.source_macs),
     }
 
@@ -40,7 +41,8 @@ def link_set(
 ) -> dict[str, Any] | None:
     """The event for ``name`` going from ``before`` to ``after``; None if nothing changed.
 
-    ``asked``: attributes a request named, reported even when the value stayed.
+    ``asked``: attributes a request named, reported even when the value stayed; an action
+    that has no value (``announce``) is named in ``changes`` only.
     """
     names = sorted({k for k in after if before.get(k) != after[k]} | set(asked))
     if not names:
@@ -50,6 +52,6 @@ def link_set(
         "ifname": name,
         "source": source,
         "changes": names,
-        "old": {k: before.get(k) for k in names},
-        "new": {k: after.get(k) for k in names},
+        "old": {k: before.get(k) for k in names if k in after},
+        "new": {k: after.get(k) for k in names if k in after},
     }

@@ -60,6 +60,7 @@ class EndpointRuntime:
             address=format_mac(ep.mac),
             mtu=ep.mtu,
             spoofchk=ep.spoofchk,
+            macnat=ep.macnat,
             bcqueuelen=ep.bcqueuelen,
             up=ep.up,
             macaddrs=sorted(format_mac(m) for m in ep.source_macs)
@@ -78,6 +79,7 @@ def add_to_engine(engine: Engine, cfg: EndpointConfig) -> Endpoint:
         cfg.mtu,
         spoofchk=cfg.spoofchk,
         bcqueuelen=cfg.bcqueuelen,
+        macnat=cfg.macnat,
     )
     if cfg.macaddrs:
         try:

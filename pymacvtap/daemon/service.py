@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pymacvtap.control.protocol import WithFds
+from pymacvtap.core.announce import ROUNDS
 from pymacvtap.core.engine import Engine
 from pymacvtap.core.errors import EngineError
 from pymacvtap.core.frame import Frame
@@ -32,6 +33,7 @@ from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.marks import Marks
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
+from pymacvtap.daemon.speaking import AddressFollower, Announcements
 from pymacvtap.daemon.state import StateError, StateStore
 from pymacvtap.daemon.view import show, show_lower
 from pymacvtap.daemon.waiting import (
@@ -54,13 +56,14 @@ Subscriber = Callable[[dict[str, Any]], None]
 class EndpointService:
     """The Service behind the control socket; owner of the endpoints."""
 
-    def __init__(self, loop: Loop, state: StateStore) -> None:
+    def __init__(self, loop: Loop, state: StateStore, *, announce_rounds: int = ROUNDS) -> None:
         self.loop = loop
         self.state = state
         self.engine = Engine(os.urandom)
         self.endpoints: dict[str, EndpointRuntime] = {}
         self._subscribers: list[Subscriber] = []
-        self.datapath: DataPath = SoftwarePath(loop)
+        software = SoftwarePath(loop)
+        self.datapath: DataPath = software
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
         # Configured endpoints not created (yet): restore never forgets one.
@@ -68,6 +71,10 @@ class EndpointService:
         self.marks = Marks(state.directory)
         loop.call_later(WAITING_RETRY_SECONDS, self._retry_waiting)
         self.dhcp = DhcpKeeper(loop, self.lowers, self)
+        self.announcements = Announcements(loop, self.engine, software.breathe, announce_rounds)
+        self.addresses = AddressFollower(
+            loop, self.engine, self.endpoints, self._announce_if_up, self.follower.sync_groups
+        )
 
     # -- the control verbs ---------------------------------------------------------------
 
@@ -125,6 +132,7 @@ class EndpointService:
             undo.append(self.follower.track(rt))
             self.lowers.listen_for(lower, rt)
             undo.append(lambda: self.lowers.stop_listening(lower, ep.mode, ep.mac))
+            undo.append(self.addresses.track(rt))
             self.follower.follow_netdev(rt, initial=True, restoring=restoring)
             if not restoring:
                 self.save(where, put=[rt.config()])
@@ -158,6 +166,8 @@ class EndpointService:
                     netlink.set_link(cfg.netdev_name, cfg.netns, mtu=mtu)
             if "spoofchk" in changes:
                 self.engine.set_spoofchk(name, bool(changes["spoofchk"]))
+            if "macnat" in changes:
+                self.engine.set_macnat(name, bool(changes["macnat"]))
             if "macaddr" in changes:
                 spec = changes["macaddr"]
                 macs = [parse_mac(m) for m in spec.get("addresses", [])]
@@ -169,6 +179,10 @@ class EndpointService:
                     # up so the daemon can reach it, only forwarding stops.
                     netlink.set_link(cfg.netdev_name, cfg.netns, up=up)
                 self.set_up(rt, up)
+            if changes.get("announce"):
+                if not rt.ep.up:
+                    raise EngineError("ENETDOWN", "announce: the endpoint is down")
+                self.announcements.start(name)
         except EngineError as exc:
             raise EngineError(exc.code, f"{where}: {_strip_name(exc.message, name)}") from None
         except ValueError as exc:
@@ -248,6 +262,7 @@ class EndpointService:
                 errno.errorcode.get(exc.errno or 0, "EIO"),
                 f"{where}: tap {cfg.netdev_name}: {exc.strerror}{hint}",
             ) from None
+        self.announcements.start(name)  # a VM attached: tell the network where it is
         self.emit({"event": "attach", "ifname": name, "queues": count})
         return WithFds({"name": name, "queues": count}, fds)
 
@@ -359,6 +374,8 @@ class EndpointService:
         self.engine.remove_endpoint(cfg.name)
         del self.endpoints[cfg.name]
         self.follower.untrack(rt)
+        self.addresses.untrack(rt)
+        self.announcements.cancel(cfg.name)
         if lower is not None:
             self.lowers.stop_listening(lower, mode, mac)
             if not lower.port.endpoints:
@@ -370,7 +387,10 @@ class EndpointService:
         if rt.ep.up == up:
             return
         self.engine.set_up(rt.cfg.name, up)
-        if not up:
+        if up:
+            self.announcements.start(rt.cfg.name)
+        else:
+            self.announcements.cancel(rt.cfg.name)
             rt.ep.rx_queue.clear()
 
     def set_address(self, rt: EndpointRuntime, mac: bytes, *, netdev_has_it: bool = False) -> None:
@@ -431,6 +451,11 @@ class EndpointService:
         rt = self.endpoints.get(name)
         if rt is not None:
             self.datapath.attach_endpoint(rt)
+            self._announce_if_up(rt)  # a VM (dis)connected: say where its MAC is now
+
+    def _announce_if_up(self, rt: EndpointRuntime) -> None:
+        if rt.ep.up and rt.cfg.name in self.endpoints:
+            self.announcements.start(rt.cfg.name)
 
     def _save_all(self, where: str) -> None:
         """Save every endpoint as a new snapshot (after restore)."""
@@ -460,6 +485,8 @@ class EndpointService:
             rt.frontend.close(delete=False)
         self.lowers.close()
         self.follower.close()
+        self.addresses.close()
+        self.announcements.close()
 
 
 def _strip_name(message: str, name: str) -> str:

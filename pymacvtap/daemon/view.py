@@ -47,6 +47,14 @@ def drops(rt: EndpointRuntime) -> dict[str, int]:
     return dict(sorted(by_reason.items()))
 
 
+def addresses(ep: Endpoint) -> list[dict[str, object]]:
+    """The endpoint's IPv4/IPv6 addresses and where each was learned (SPEC 9)."""
+    port = ep.port
+    if port is None:
+        return []
+    return port.addressing.book.as_list(ep.name, port.addressing.now)
+
+
 def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
     """One endpoint as ``link show`` presents it (the link-show JSON schema)."""
     cfg, ep = rt.cfg, rt.ep
@@ -67,7 +75,9 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
         "group": cfg.group,
         "queues": cfg.queues,
         "spoofchk": ep.spoofchk,
+        "macnat": ep.macnat,
         "bcqueuelen": ep.bcqueuelen,
+        "addresses": addresses(ep),
     }
     if cfg.dhcp:
         entry["dhcp"] = {"hostname": cfg.hostname or cfg.name}

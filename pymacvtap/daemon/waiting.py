@@ -81,8 +81,14 @@ def show_waiting(waiting: Waiting) -> dict[str, Any]:
         "group": cfg.group,
         "queues": cfg.queues,
         "spoofchk": cfg.spoofchk,
+        "macnat": cfg.macnat,
         "bcqueuelen": cfg.bcqueuelen,
+        "addresses": [],
     }
+    if cfg.dhcp:
+        entry["dhcp"] = {"hostname": cfg.hostname or cfg.name}
+        if cfg.lease is not None:
+            entry["dhcp"]["lease"] = cfg.lease
     if cfg.mode == "source":
         entry["macaddrs"] = sorted(cfg.macaddrs)
     return entry

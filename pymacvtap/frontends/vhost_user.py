@@ -50,6 +50,7 @@ import stat
 from collections import deque
 from collections.abc import Callable
 
+from pymacvtap.core.announce import rarp
 from pymacvtap.core.frame import Frame, VnetHeader
 from pymacvtap.frontends.base import WRITE_BUDGET, FrontendDefaults
 from pymacvtap.virtio import messages as m
@@ -61,6 +62,7 @@ from pymacvtap.virtio.actions import (
     MapMemory,
     Notify,
     Reply,
+    SendRarp,
 )
 from pymacvtap.virtio.device import Device
 
@@ -89,6 +91,8 @@ class VhostUserFrontend(FrontendDefaults):
         self._maps: list[mmap.mmap] = []
         self._retired: list[int] = []
         self._fds_dirty = False
+        # Frames the back-end sends as the guest (SEND_RARP), handed out by the next read.
+        self._announced: list[Frame] = []
         # Counters that outlive sessions (the device keeps the others).
         self.error_counts: dict[str, int] = {}
         self.sessions = 0
@@ -146,6 +150,9 @@ class VhostUserFrontend(FrontendDefaults):
         try:
             frames = self._read(fd, budget)
             self._carry_out()
+            if self._announced:
+                frames = self._announced + frames
+                self._announced = []
             return frames
         except Exception as exc:
             self._error("internal", f"internal error ({exc!r}); session reset")
@@ -371,6 +378,9 @@ class VhostUserFrontend(FrontendDefaults):
                     self._error(action.kind, action.message)
                 elif isinstance(action, MapMemory):
                     self._map(action)
+                elif isinstance(action, SendRarp):
+                    # Forwarded as if the guest had sent it: the engine's rules apply.
+                    self._announced.append(Frame(rarp(action.mac)))
 
     def _notify(self, action: Notify) -> None:
         try:

@@ -87,6 +87,17 @@ class Fault(_Action):
         self.message = message
 
 
+class SendRarp(_Action):
+    """Announce the guest: broadcast a RARP from ``mac`` (VHOST_USER_SEND_RARP, which QEMU
+    sends after a live migration or QMP ``announce-self`` when the guest cannot announce
+    itself, having no VIRTIO_NET_F_GUEST_ANNOUNCE)."""
+
+    __slots__ = ("mac",)
+
+    def __init__(self, mac: bytes) -> None:
+        self.mac = mac
+
+
 class Signal(_Action):
     """A change of state the I/O layer reacts to; one instance of each."""
 
@@ -104,4 +115,4 @@ KICKS_CHANGED = Signal("KICKS_CHANGED")
 # Something changed that may let a blocked write progress (buffers, rings, features).
 WAKE_WRITER = Signal("WAKE_WRITER")
 
-Action = Reply | Notify | Close | MapMemory | Fault | Signal
+Action = Reply | Notify | Close | MapMemory | Fault | SendRarp | Signal

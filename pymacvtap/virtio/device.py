@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from pymacvtap.virtio import features
 from pymacvtap.virtio import messages as m
-from pymacvtap.virtio.actions import Action, Fault, MapMemory, Reply
+from pymacvtap.virtio.actions import Action, Fault, MapMemory, Reply, SendRarp
 from pymacvtap.virtio.memory import RegionSpec, RingError, guest_memory, memory_table
 from pymacvtap.virtio.rings import Rings
 from pymacvtap.virtio.virtqueue import MAX_QUEUE_SIZE
@@ -183,6 +183,12 @@ class Device:
             if num > 1:
                 raise m.Refused("protocol", f"queue {i}: enable value {num}")
             rings.set_enabled(i, bool(num))
+        elif request == m.SEND_RARP:
+            if not self.protocol_features & features.bits(features.PROTOCOL_F_RARP):
+                raise m.Refused("protocol", "SEND_RARP without the RARP protocol feature")
+            if len(payload) < 6:
+                raise m.Refused("protocol", f"SEND_RARP with {len(payload)} bytes of payload")
+            self._actions.append(SendRarp(bytes(payload[:6])))
         else:
             raise m.Refused("unknown", f"unsupported request {request}")
         return None

@@ -33,6 +33,7 @@ GET_PROTOCOL_FEATURES = 15
 SET_PROTOCOL_FEATURES = 16
 GET_QUEUE_NUM = 17
 SET_VRING_ENABLE = 18
+SEND_RARP = 19  # payload: a u64 whose first 6 bytes are the guest's MAC
 RESET_DEVICE = 34
 
 # -- header flags and payload bits ---------------------------------------------------------------

@@ -60,6 +60,15 @@ def test_endpoints_without_a_device_or_under_capture_are_the_daemons() -> None:
     assert tables.devices == {11: (5, MAC_A)}
 
 
+def test_a_macnat_endpoint_is_the_daemons() -> None:
+    """Its frames are rewritten on the way out and claimed by IP on the way in (SPEC 9)."""
+    engine = engine_with_two()
+    engine.set_macnat("a", True)
+    tables = derive(engine, {"eth0": 5}, DEVICES)
+    assert not tables.endpoints[(5, MAC_A)].fast
+    assert tables.devices == {11: (5, MAC_A), 12: (5, MAC_B)}
+
+
 def test_lowers_the_fast_path_does_not_serve_are_left_out() -> None:
     assert derive(engine_with_two(), {}, DEVICES) == Tables()
 

@@ -110,7 +110,10 @@ def test_daemon_command_calls_daemon_main(monkeypatch: pytest.MonkeyPatch) -> No
 
     fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pymacvtap.daemon", fake)
-    line = "--socket /g.sock daemon --state-dir /s --admin-group netadm --metrics 127.0.0.1:9100"
+    line = (
+        "--socket /g.sock daemon --state-dir /s --admin-group netadm --metrics 127.0.0.1:9100"
+        " --announce-rounds 3"
+    )
     assert cli.main(line.split()) == 0
     (args,) = seen
     assert vars(args) == {
@@ -118,6 +121,7 @@ def test_daemon_command_calls_daemon_main(monkeypatch: pytest.MonkeyPatch) -> No
         "state_dir": "/s",
         "admin_group": "netadm",
         "metrics": "127.0.0.1:9100",
+        "announce_rounds": "3",
     }
     _, parsed = parse(["daemon", "--socket=/d.sock"])
     assert isinstance(parsed, RunDaemon)
@@ -126,5 +130,6 @@ def test_daemon_command_calls_daemon_main(monkeypatch: pytest.MonkeyPatch) -> No
         "state_dir": None,
         "admin_group": None,
         "metrics": None,
+        "announce_rounds": None,
     }
     assert isinstance(parse(["daemon", "-h"])[1], Help)

@@ -51,12 +51,20 @@ def test_help_everywhere(line: str, title: str, capsys: pytest.CaptureFixture[st
 ADD_OPTIONS = [
     "link LOWER", "name NAME", "type macvlan", "type macvtap", "mode MODE", "address MAC",
     "netns NS", "ifname IFNAME", "frontend FE", "path PATH", "peer PATH", "owner UID",
-    "group GID", "queues N", "mtu N", "bcqueuelen N", "spoofchk on|off", "nopromisc",
+    "group GID", "queues N", "mtu N", "bcqueuelen N", "spoofchk on|off", "macnat on|off",
+    "nopromisc",
     "private", "vepa", "bridge", "passthru", "source", "tap", "stream", "dgram", "vhost-user",
 ]  # fmt: skip
 SET_OPTIONS = ["up, down", "address MAC", "mtu N", "mode MODE", "spoofchk on|off",
-               "macaddr add", "macaddr del", "macaddr set", "macaddr flush"]  # fmt: skip
-DAEMON_OPTIONS = ["--socket PATH", "--state-dir DIR", "--admin-group GROUP", "--metrics ADDR:PORT"]
+               "macnat on|off", "announce", "macaddr add", "macaddr del", "macaddr set",
+               "macaddr flush"]  # fmt: skip
+DAEMON_OPTIONS = [
+    "--socket PATH",
+    "--state-dir DIR",
+    "--admin-group GROUP",
+    "--metrics ADDR:PORT",
+    "--announce-rounds N",
+]
 TOP_OPTIONS = ["-j, --json", "-s, --stats", "-p, --pretty", "--socket PATH", "-V, --version",
                "-h, --help", "PYMACVTAP_SOCKET", "EXIT STATUS", "EXAMPLES"]  # fmt: skip
 

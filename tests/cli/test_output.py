@@ -49,6 +49,24 @@ def test_link_with_stats_reads_like_ip_s_link() -> None:
     ]
 
 
+def test_macnat_and_addresses_are_shown() -> None:
+    entry = {
+        **SOURCE_ENDPOINT,
+        "mode": "bridge",
+        "macaddrs": None,
+        "macnat": True,
+        "addresses": [
+            {"family": "inet", "address": "10.0.0.11", "origin": "dhcp", "age": 1.5},
+            {"family": "inet6", "address": "fd00::11", "origin": "netdev", "age": 0},
+        ],
+    }
+    assert format_link(entry).splitlines()[2:5] == [
+        "    macvtap mode bridge nopromisc bcqueuelen 1000 spoofchk on macnat on",
+        "    inet 10.0.0.11 origin dhcp",
+        "    inet6 fd00::11 origin netdev",
+    ]
+
+
 def test_link_without_stats_leaves_counters_out() -> None:
     text = format_link(SOURCE_ENDPOINT)
     assert len(text.splitlines()) == 5

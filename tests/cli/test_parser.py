@@ -82,6 +82,16 @@ def cmd(line: str) -> Command:
             },
         ),
         (
+            "link set c1 macnat on announce",
+            "link.set",
+            {"name": "c1", "changes": {"macnat": True, "announce": True}},
+        ),
+        (
+            "link add link wlan0 name c1 type macvlan mode bridge macnat on",
+            "link.add",
+            {"link": "wlan0", "name": "c1", "type": "macvlan", "mode": "bridge", "macnat": True},
+        ),
+        (
             "link add link eth0 name vm0 type macvlan",
             "link.add",
             {"link": "eth0", "name": "vm0", "type": "macvlan"},

@@ -194,7 +194,7 @@ def test_the_readme_example_and_table(lab: Lab, metrics_daemon: DaemonProcess) -
 
     table = [row.split(" | ") for row in readme_section("Metrics").splitlines()
              if row.startswith("| `pymacvtap_")]  # fmt: skip
-    assert len(table) == 7, table
+    assert len(table) == 8, table
     endpoint_labels = {"endpoint", "lower", "mode", "type"}
     for names_cell, labels_cell, _meaning in table:
         listed = {label.strip() for label in labels_cell.split(",") if label.strip()}

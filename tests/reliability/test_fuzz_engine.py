@@ -54,6 +54,8 @@ def build_engine() -> Engine:
             ("source", Mode.SOURCE, {}),
             ("down", Mode.BRIDGE, {"up": False}),
             ("tiny", Mode.VEPA, {"rx_queue_len": 2, "bcqueuelen": 8}),
+            ("nat", Mode.BRIDGE, {"macnat": True}),
+            ("natvepa", Mode.VEPA, {"macnat": True}),
         ]
         for i, (label, mode, extra) in enumerate(specs):
             kwargs = {"up": True, **extra}
@@ -133,6 +135,23 @@ def random_frame(rng: random.Random, dsts: list[bytes], srcs: list[bytes]) -> Fr
     return Frame(head + ethertype.to_bytes(2, "big") + body, random_vnet(rng))
 
 
+def _ipv6_icmp(src_mac: bytes, icmp: bytes) -> bytes:
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(icmp), 58, 255, bytes(15) + b"\1",
+                      bytes(15) + b"\2")  # fmt: skip
+    return b"\x33\x33\x00\x00\x00\x01" + src_mac + b"\x86\xdd" + ip6 + icmp
+
+
+def macnat_special(rng: random.Random, src_mac: bytes) -> Frame:
+    """What a macnat endpoint cannot send translated, which random bytes rarely hit."""
+    kind = rng.randrange(3)
+    if kind == 0:  # a VLAN tag cut short: no layer 3 to find
+        return Frame(BROADCAST + src_mac + b"\x81\x00" + rng.randbytes(rng.randrange(0, 2)))
+    if kind == 1:  # an ND redirect names another machine's MAC
+        return Frame(_ipv6_icmp(src_mac, bytes([137, 0, 0, 0]) + bytes(36)))
+    # a neighbour solicitation with a zero-length option (RFC 4861: invalid)
+    return Frame(_ipv6_icmp(src_mac, bytes([135, 0, 0, 0]) + bytes(20) + b"\x01\x00" + bytes(6)))
+
+
 def check_isolation(engine: Engine, d: Disposition, sender: str | None, lower: str) -> None:
     for ep in d.receivers:
         assert ep.up, f"{ep.name} is down but got {d}"
@@ -175,6 +194,8 @@ def test_engine_fuzz_counters_equal_dispositions() -> None:
                 assert ep.port is not None
                 if ep.spoofchk and rng.random() < 0.5 and len(frame.data) >= 12:
                     frame = Frame(frame.data[:6] + ep.mac + frame.data[12:], frame.vnet)
+                if ep.macnat and rng.random() < 0.02:
+                    frame = macnat_special(rng, ep.mac)
                 d = engine.from_endpoint(ep, frame)
                 dispositions.append(d)
                 check_isolation(engine, d, ep.name, ep.port.name)

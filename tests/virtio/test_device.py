@@ -23,6 +23,7 @@ from pymacvtap.virtio.actions import (
     MapMemory,
     Notify,
     Reply,
+    SendRarp,
 )
 from pymacvtap.virtio.device import Device
 
@@ -46,6 +47,18 @@ def test_gets_are_answered_with_what_we_offer() -> None:
     assert vm.U64.unpack(drv.ask(vm.GET_PROTOCOL_FEATURES))[0] == vf.OFFERED_PROTOCOL_FEATURES
     assert vm.U64.unpack(drv.ask(vm.GET_QUEUE_NUM))[0] == 4
     assert drv.device.messages == 3
+
+
+def test_send_rarp_asks_the_io_layer_to_announce_the_mac() -> None:
+    """QEMU sends SEND_RARP (after a migration, on QMP announce-self) when we offer F_RARP."""
+    assert vf.OFFERED_PROTOCOL_FEATURES & vf.bits(vf.PROTOCOL_F_RARP)
+    mac = bytes.fromhex("525400123456")
+    drv = Driver(Device())
+    refused = drv.send(vm.SEND_RARP, mac + bytes(2))
+    assert faults(refused) == ["protocol"]  # not negotiated: refused, not acted on
+    drv.send(vm.SET_PROTOCOL_FEATURES, vm.U64.pack(vf.bits(vf.PROTOCOL_F_RARP)))
+    assert drv.send(vm.SEND_RARP, mac + bytes(2)) == [SendRarp(mac)]
+    assert faults(drv.send(vm.SEND_RARP, mac[:4])) == ["protocol"]
 
 
 def test_reply_ack_only_when_asked() -> None:

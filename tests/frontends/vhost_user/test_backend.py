@@ -339,3 +339,18 @@ def test_fd_numbers_not_leaked(make_backend: Make) -> None:
         fe.pump()
     be.close(delete=True)
     assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_send_rarp_hands_the_endpoint_a_rarp(make_backend: Make) -> None:
+    """VHOST_USER_SEND_RARP (QEMU after a migration): the back-end's next read returns a
+    broadcast RARP from the MAC given, which the daemon forwards as the guest's."""
+    be = make_backend()
+    fe = FrontEnd(be)
+    fe.negotiate(protocol=bits(vf.PROTOCOL_F_MQ, vf.PROTOCOL_F_REPLY_ACK, vf.PROTOCOL_F_RARP))
+    mac = bytes.fromhex("525400abcdef")
+    fe.send(vm.SEND_RARP, mac + bytes(2))
+    [rarp] = fe.pump()
+    assert rarp.data[:6] == b"\xff" * 6 and rarp.data[6:12] == mac
+    assert rarp.data[12:14] == b"\x80\x35" and rarp.data[20:22] == b"\x00\x03"
+    assert rarp.data[22:28] == mac and rarp.data[32:38] == mac
+    fe.close()
