@@ -76,11 +76,14 @@ class DaemonProcess:
         admin_group: str | None = None,
         extra_args: Sequence[str] = (),
         interpreter: Sequence[str] = (),
+        datapath: str | None = None,
     ) -> None:
         """``extra_args`` go to ``pymacvtap daemon`` (``--metrics ...``); ``interpreter``
         options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``)."""
         self.netns = netns
         self.extra_args = list(extra_args)
+        # --datapath (auto, ebpf, python); None: the daemon's default.
+        self.datapath = datapath
         self.interpreter = list(interpreter)
         self.workdir = workdir
         # The socket lives in a directory every user may traverse (the test's
@@ -104,6 +107,8 @@ class DaemonProcess:
         ]  # fmt: skip
         if self.admin_group:
             argv += ["--admin-group", self.admin_group]
+        if self.datapath:
+            argv += ["--datapath", self.datapath]
         argv += self.extra_args
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -23,7 +23,7 @@ SYNOPSIS
     pymacvtap [OPTIONS] capture NAME [-w FILE.pcap] [-c COUNT]
     pymacvtap [OPTIONS] version
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
-                     [--metrics ADDR:PORT]
+                     [--metrics ADDR:PORT] [--datapath {auto|ebpf|python}]
 
 DESCRIPTION
     pymacvtap gives a lower Ethernet device macvlan endpoints (network devices for
@@ -316,7 +316,7 @@ pymacvtap daemon - run the daemon
 
 SYNOPSIS
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
-                     [--metrics ADDR:PORT]
+                     [--metrics ADDR:PORT] [--datapath {auto|ebpf|python}]
 
 DESCRIPTION
     Runs in the foreground in the network namespace of the lower devices, until SIGTERM
@@ -329,6 +329,12 @@ OPTIONS
     --state-dir DIR      where the configuration is saved (default {state_dir})
     --admin-group GROUP  members of GROUP (name or number) may do everything root may
     --metrics ADDR:PORT  serve counters for Prometheus on ADDR:PORT
+    --datapath {auto|ebpf|python}
+                         who forwards: ebpf, pymacvtap's eBPF programs in the kernel for
+                         the unicast of container netdevs and VM taps, the daemon for the
+                         rest (needs root, or CAP_BPF and CAP_NET_ADMIN, and the compiled
+                         programs); python, every frame through the daemon; auto (the
+                         default), ebpf where it loads, else python, saying why in the log
 
 EXAMPLES
     pymacvtap daemon --admin-group netadm

@@ -190,7 +190,9 @@ _DAEMON_OPTIONS = {
     "--state-dir": "state_dir",
     "--admin-group": "admin_group",
     "--metrics": "metrics",
+    "--datapath": "datapath",
 }
+DATAPATHS = ("auto", "ebpf", "python")
 
 
 def _parse_daemon(words: list[str], opts: Options) -> Parsed:
@@ -222,6 +224,16 @@ def _parse_daemon(words: list[str], opts: Options) -> Parsed:
         if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
             usage("daemon", f'--metrics "{metrics}": expected ADDR:PORT', "daemon")
         del host
+    datapath = values["datapath"]
+    if datapath is None:
+        values["datapath"] = "auto"
+    elif datapath not in DATAPATHS:
+        usage(
+            "daemon",
+            f'--datapath "{datapath}": expected one of {", ".join(DATAPATHS)}'
+            f"{suggest(datapath, list(DATAPATHS))}",
+            "daemon",
+        )
     if values["socket"] is None:
         values["socket"] = opts.socket
     return RunDaemon(argparse.Namespace(**values))

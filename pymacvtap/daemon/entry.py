@@ -18,6 +18,7 @@ from pymacvtap.daemon.service import EndpointService
 from pymacvtap.daemon.state import StateStore
 from pymacvtap.defaults import CONTROL_SOCKET, SOCKET_ENV, STATE_DIR
 from pymacvtap.io.allocator import keep_freed_frames_mapped
+from pymacvtap.io.bpf import BpfError
 from pymacvtap.io.caps import DAEMON_CAPABILITIES, drop_capabilities
 from pymacvtap.io.loop import Loop
 
@@ -48,7 +49,16 @@ def main(args: argparse.Namespace) -> int:
     keep_freed_frames_mapped()
     loop = Loop()
     loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
-    service = EndpointService(loop, StateStore(args.state_dir or STATE_DIR, log.warning))
+    try:
+        service = EndpointService(
+            loop,
+            StateStore(args.state_dir or STATE_DIR, log.warning),
+            getattr(args, "datapath", None) or "auto",
+        )
+    except BpfError as exc:
+        print(f"pymacvtap: daemon: {exc}", file=sys.stderr)
+        loop.close()
+        return 1
     try:
         server = ControlServer(loop, socket_path, service, admin_gid, log)
     except OSError as exc:

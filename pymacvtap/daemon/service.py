@@ -24,7 +24,8 @@ from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
-from pymacvtap.daemon.datapath import DataPath, SoftwarePath
+from pymacvtap.daemon.datapath import DataPath
+from pymacvtap.daemon.ebpf import EbpfPath, choose
 from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
@@ -43,13 +44,17 @@ Subscriber = Callable[[dict[str, Any]], None]
 class EndpointService:
     """The Service behind the control socket; owner of the endpoints."""
 
-    def __init__(self, loop: Loop, state: StateStore) -> None:
+    def __init__(self, loop: Loop, state: StateStore, datapath: str = "python") -> None:
+        """``datapath``: ``--datapath`` (auto, ebpf, python); BpfError if ebpf cannot be had."""
         self.loop = loop
         self.state = state
         self.engine = Engine(os.urandom)
         self.endpoints: dict[str, EndpointRuntime] = {}
         self._subscribers: list[Subscriber] = []
-        self.datapath: DataPath = SoftwarePath(loop)
+        self.datapath: DataPath = choose(datapath, loop, self.engine)
+        if isinstance(self.datapath, EbpfPath):
+            # The maps follow every change before the change is answered.
+            self.subscribe(self.datapath.on_event)
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
 
@@ -153,6 +158,8 @@ class EndpointService:
         self.save(f"link del {name}", delete=[name])
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        if stats:
+            self.datapath.harvest()
         if name is not None:
             return [show(self._endpoint(name, f"link show {name}"), stats)]
         return [show(rt, stats) for rt in self.endpoints.values()]
@@ -343,6 +350,7 @@ class EndpointService:
             self.datapath.detach_endpoint(rt)
             rt.frontend.close(delete=False)
         self.lowers.close()
+        self.datapath.close()
         self.follower.close()
 
 

@@ -67,6 +67,7 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
         "queues": cfg.queues,
         "spoofchk": ep.spoofchk,
         "bcqueuelen": ep.bcqueuelen,
+        "datapath": rt.datapath,
     }
     if ep.mode is Mode.SOURCE:
         entry["macaddrs"] = sorted(format_mac(m) for m in ep.source_macs)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lab import Lab, PacketSocket, ip, ip_json
 from lab.daemon import DaemonProcess, wait_until
 from lab.fixtures import LOWER_MAC, Containers
@@ -346,6 +348,7 @@ def test_unprivileged_users_are_refused(
     assert daemon.show("c1")["operstate"] == "UP"
 
 
+@pytest.mark.parametrize("datapath", ["python"])  # the fast path forwards without it
 def test_sigstop_stops_the_traffic(daemon: DaemonProcess, containers: Containers) -> None:
     containers.add("c1", "bridge")
     containers.add("c2", "bridge")
