@@ -7,7 +7,8 @@ VPY         := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool tcpdump procps kmod \
                 util-linux passwd qemu-system-x86 busybox-static iperf3 \
                 containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils \
-                dnsmasq docker.io clang llvm libbpf-dev libbpf1 linux-libc-dev
+                dnsmasq docker.io clang llvm libbpf-dev libbpf1 linux-libc-dev \
+                vde2 openvswitch-switch
 STAMP       := $(VENV)/.installed
 
 BPF_DIR     := pymacvtap/bpf
