@@ -41,6 +41,9 @@ class DataPath(Protocol):
 
     def detach_endpoint(self, rt: EndpointRuntime) -> None: ...
 
+    def changed(self) -> None:
+        """The engine's configuration or a capture changed: bring what mirrors it up to date."""
+
     def harvest(self) -> None:
         """Bring the engine's counters up to date with what was counted elsewhere (kernel)."""
 
@@ -92,6 +95,9 @@ class SoftwarePath:
         if rt.blocked is not None:
             self.loop.forget(rt.blocked)
             rt.blocked = None
+
+    def changed(self) -> None:
+        """Nothing to do: the engine is read frame by frame."""
 
     def harvest(self) -> None:
         """Nothing to do: every frame is counted by the engine as it passes."""

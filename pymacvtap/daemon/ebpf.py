@@ -9,11 +9,13 @@ AF_PACKET sockets, which carry the programs' socket filter, receive exactly
 that and handle it as the Python data path does.
 
 The maps are kept equal to the engine: after every change the daemon makes
-(each event it emits, i.e. before a control verb answers) and after every
-loop iteration, :func:`~pymacvtap.bpf.tables.derive` is compared with what
-the maps hold and :func:`~pymacvtap.bpf.tables.changes` applied, which
-withdraws what changes before writing the new entries: no frame is forwarded
-by a half-written configuration.
+(each event it emits, i.e. before a control verb answers; a capture starting
+or stopping; a lower's new mtu, through :meth:`EbpfPath.changed`) and, as a
+safety net, every second, :func:`~pymacvtap.bpf.tables.derive` is compared
+with what the maps hold and :func:`~pymacvtap.bpf.tables.changes` applied,
+which withdraws what changes before writing the new entries: no frame is
+forwarded by a half-written configuration.  Nothing runs per loop iteration:
+a daemon the programs leave idle stays idle.
 
 The programs count in per-CPU maps; :meth:`EbpfPath.harvest` adds what they
 counted since the last harvest into the engine's counters, so ``link show -s``
@@ -56,8 +58,7 @@ class EbpfPath(SoftwarePath):
         self._devices: dict[str, Device] = {}
         # What each counter slot held at the last harvest, per map.
         self._seen: dict[tuple[str, int], Counters] = {}
-        loop.after_poll(self._after_poll)
-        loop.call_later(HARVEST_SECONDS, self._harvest_tick)
+        loop.call_later(HARVEST_SECONDS, self._tick)
 
     # -- DataPath ----------------------------------------------------------------------
 
@@ -113,9 +114,8 @@ class EbpfPath(SoftwarePath):
         """A service subscriber: every change the daemon announces reaches the maps at once."""
         self.sync()
 
-    def _after_poll(self) -> bool:
+    def changed(self) -> None:
         self.sync()
-        return False
 
     # -- counters ------------------------------------------------------------------------
 
@@ -158,11 +158,12 @@ class EbpfPath(SoftwarePath):
         for table, _name, slot in leaving:
             self._seen.pop((table, slot), None)
 
-    def _harvest_tick(self) -> None:
+    def _tick(self) -> None:
         try:
+            self.sync()
             self.harvest()
         finally:
-            self.loop.call_later(HARVEST_SECONDS, self._harvest_tick)
+            self.loop.call_later(HARVEST_SECONDS, self._tick)
 
     # -- devices -------------------------------------------------------------------------
 

@@ -187,6 +187,7 @@ class KernelFollower:
                 except OSError as exc:
                     log.warning("%s: cannot clamp mtu: %s", ep.name, exc)
             owner.save(f"lower {ev.ifname} mtu", put=clamped)
+            self.lowers.datapath.changed()
         if ev.mac is not None and ev.mac != lower.port.mac:
             self.engine.set_lower_mac(ev.ifname, ev.mac)
 

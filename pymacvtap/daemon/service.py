@@ -226,11 +226,13 @@ class EndpointService:
             )
 
         rt.captures = [*(rt.captures or []), on_frame]
+        self.datapath.changed()  # a captured endpoint's frames all cross the daemon
 
         def unsubscribe() -> None:
             if rt.captures is not None and on_frame in rt.captures:
                 rest = [c for c in rt.captures if c is not on_frame]
                 rt.captures = rest or None
+                self.datapath.changed()
 
         return unsubscribe
 
