@@ -82,8 +82,9 @@ class DaemonProcess:
         options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``)."""
         self.netns = netns
         self.extra_args = list(extra_args)
-        # --datapath (auto, ebpf, python); None: the daemon's default.
-        self.datapath = datapath
+        # --datapath (auto, ebpf, python); None: $PYMACVTAP_TEST_DATAPATH, else the
+        # daemon's default (auto), so a whole suite can be run on either data path.
+        self.datapath = datapath or os.environ.get("PYMACVTAP_TEST_DATAPATH")
         self.interpreter = list(interpreter)
         self.workdir = workdir
         # The socket lives in a directory every user may traverse (the test's
