@@ -234,7 +234,8 @@ def _why(choice: str) -> str:
 
 def _can_attach(fastpath: FastPath) -> bool:
     """Loading is not everything: a socket filter must attach (a cheap probe of the privilege)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # AF_UNIX: the systemd unit allows no AF_INET (RestrictAddressFamilies).
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         fastpath.attach_socket(probe)
     except OSError:

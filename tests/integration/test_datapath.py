@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from lab import ip_json
+from lab import Lab, ip_json
 from lab.daemon import DaemonProcess
 from lab.fixtures import Containers
 
@@ -127,3 +128,26 @@ def test_on_the_python_path_sigstop_stops_all_traffic(
     finally:
         daemon.signal(signal.SIGCONT)
     assert containers.ping("c1", "ext")
+
+
+def test_auto_falls_back_to_python_and_says_why(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYMACVTAP_BPF_OBJECT", str(tmp_path / "missing.bpf.o"))
+    for sub in ("ebpf", "auto"):
+        (tmp_path / sub).mkdir()
+    refused = DaemonProcess(lab.host, tmp_path / "ebpf", datapath="ebpf")
+    with pytest.raises(RuntimeError, match=r"--datapath ebpf: .*no compiled fast path"):
+        refused.start()
+    refused.cleanup()
+    proc = DaemonProcess(lab.host, tmp_path / "auto", datapath="auto")
+    proc.start()
+    try:
+        containers = Containers(lab, proc)
+        containers.add("c1", "vepa")
+        assert containers.ping("c1", "ext")
+        assert proc.show("c1")["datapath"] == "python"
+    finally:
+        proc.cleanup()
+    said = [line for line in proc.log().splitlines() if "data path:" in line]
+    assert len(said) == 1 and "python (auto: the eBPF fast path cannot load" in said[0], said
