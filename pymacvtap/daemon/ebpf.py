@@ -180,7 +180,7 @@ class EbpfPath(SoftwarePath):
 
     def _attach_tc(self, ifindex: int, prog: str) -> None:
         # A filter a killed daemon left behind goes first: it holds that daemon's maps.
-        self.fastpath.detach(ifindex)
+        _remove_leftover(ifindex)
         self.fastpath.attach(ifindex, prog)
 
     def _detach_tc(self, ifindex: int) -> None:
@@ -196,6 +196,32 @@ class EbpfPath(SoftwarePath):
         self.fastpath.close()
 
 
+class PythonPath(SoftwarePath):
+    """The software path, which first takes away programs a killed fast-path daemon left.
+
+    Left on a lower or a peer, they would go on forwarding with that daemon's last
+    tables beside this one: every frame must be this daemon's now.
+    """
+
+    def attach_lower(self, lower: LowerRuntime) -> None:
+        _remove_leftover(lower.sock.ifindex)
+        super().attach_lower(lower)
+
+    def attach_endpoint(self, rt: EndpointRuntime) -> None:
+        if rt.cfg.name not in self.endpoints:
+            device = EbpfPath._device_of(rt)
+            if device is not None:
+                _remove_leftover(device.ifindex)
+        super().attach_endpoint(rt)
+
+
+def _remove_leftover(ifindex: int) -> None:
+    with contextlib.suppress(OSError):
+        if FastPath.ours_attached(ifindex):
+            log.info("ifindex %d: removing programs a previous daemon left", ifindex)
+            FastPath.detach(ifindex)
+
+
 def _sockets(rt: EndpointRuntime) -> list[DeviceSocket]:
     frontend = rt.frontend
     if isinstance(frontend, VethFrontend):
@@ -209,21 +235,21 @@ def choose(choice: str, loop: Loop, engine: Engine) -> SoftwarePath:
     """The data path ``--datapath choice`` asks for; ``auto`` says in one log line why."""
     if choice == "python":
         log.info("data path: python (--datapath python)")
-        return SoftwarePath(loop)
+        return PythonPath(loop)
     try:
         fastpath = FastPath()
     except (BpfError, OSError) as exc:
         if choice == "ebpf":
             raise BpfError(f"--datapath ebpf: {exc}") from None
         log.info("data path: python (auto: the eBPF fast path cannot load: %s)", exc)
-        return SoftwarePath(loop)
+        return PythonPath(loop)
     if not _can_attach(fastpath):
         fastpath.close()
         reason = "no permission to attach a socket filter (CAP_NET_ADMIN, CAP_BPF)"
         if choice == "ebpf":
             raise BpfError(f"--datapath ebpf: {reason}")
         log.info("data path: python (auto: %s)", reason)
-        return SoftwarePath(loop)
+        return PythonPath(loop)
     log.info("data path: ebpf (the fast path's programs loaded; %s)", _why(choice))
     return EbpfPath(loop, engine, fastpath)
 

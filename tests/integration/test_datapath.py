@@ -151,3 +151,25 @@ def test_auto_falls_back_to_python_and_says_why(
         proc.cleanup()
     said = [line for line in proc.log().splitlines() if "data path:" in line]
     assert len(said) == 1 and "python (auto: the eBPF fast path cannot load" in said[0], said
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
+def test_after_sigkill_the_programs_forward_until_a_python_daemon_takes_them_away(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "bridge")
+    containers.add("c2", "bridge")
+    assert containers.ping("c1", "c2")
+    daemon.kill()
+    # Neighbours are resolved: the unicast goes on with the last tables.
+    assert containers.ping("c1", "c2")
+    daemon.datapath = "python"
+    daemon.start()
+    assert "removing programs a previous daemon left" in daemon.log()
+    assert {e["datapath"] for e in daemon.show()} == {"python"}
+    assert containers.ping("c1", "c2")
+    daemon.signal(signal.SIGSTOP)
+    try:
+        assert not containers.ping("c1", "c2", count=1)
+    finally:
+        daemon.signal(signal.SIGCONT)
