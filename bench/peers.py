@@ -29,7 +29,7 @@ from lab.daemon import wait_until
 from .measure import netns_argv, stop
 from .setups import SUBNET, Container, Setup
 
-PEER_FIRST_HOST = {"vde_switch": 41, "ovs_userspace": 51}
+PEER_FIRST_HOST = {"vde_switch": 81, "ovs_userspace": 91}  # their own L2: no clash anyway
 PEER_TAG = {"vde_switch": ("v", 0x0D), "ovs_userspace": ("o", 0x0E)}
 OVS_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 

@@ -234,7 +234,11 @@ def vm_rows(vm: dict[str, Any] | None) -> list[Row]:
         return [Row(title, "error", "error")]
     rows = [Row(title)]
     kernel = vm.get("kernel")
-    frontends = (("pymacvtap", "tap"), ("pymacvtap_vhost_user", "vhost-user"))
+    frontends = (
+        ("pymacvtap", "tap"),
+        ("pymacvtap_vhost_user", "vhost-user"),
+        ("fastpath", "tap on the eBPF fast path"),
+    )
 
     def ratio(k: Any, p: Any, digits: int) -> str:
         r = _ratio(k, p)

@@ -24,7 +24,7 @@ SUBNET = "10.97.0"
 EXT_ADDRESS = f"{SUBNET}.100"
 # "pymacvtap" is the Python data path, "fastpath" the same daemon code with --datapath ebpf.
 LOWERS = {"kernel": ("lowk", 0x0B01), "pymacvtap": ("lowp", 0x0B02), "fastpath": ("lowf", 0x0B03)}
-FIRST_HOST = {"kernel": 11, "pymacvtap": 21, "fastpath": 31}  # c1 of kernel is .11, ...
+FIRST_HOST = {"kernel": 11, "pymacvtap": 21, "fastpath": 61}  # c1 of kernel is .11, ...
 TAGS = {"kernel": ("k", 0x0A), "pymacvtap": ("p", 0x0B), "fastpath": ("f", 0x0C)}
 
 
