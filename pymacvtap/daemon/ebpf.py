@@ -86,8 +86,8 @@ class EbpfPath(SoftwarePath):
                 self._attach_tc(device.ifindex, "endpoint_ingress")
                 self._devices[name] = device
                 rt.datapath = "ebpf"
+        # The maps learn of the device with the link.add event that follows (on_event).
         super().attach_endpoint(rt)
-        self.sync()
 
     def detach_endpoint(self, rt: EndpointRuntime) -> None:
         device = self._devices.pop(rt.cfg.name, None)
