@@ -43,7 +43,6 @@ from pymacvtap.io.loop import Loop
 log = logging.getLogger("pymacvtap")
 
 HARVEST_SECONDS = 1.0
-CHOICES = ("auto", "ebpf", "python")
 
 
 class EbpfPath(SoftwarePath):
