@@ -86,6 +86,15 @@ class VethFrontend(FrontendDefaults):
             raise
         return cls(ifname, netns, peer, sock)
 
+    @property
+    def missed(self) -> int:
+        """Frames the container sent that the peer's socket had no room for.
+
+        A tap's queue refused them, and the container's netdev counted them as its
+        tx_dropped; a veth hands every frame to its peer, so the socket is where they go.
+        """
+        return self.sock.stats()["drops"]
+
     def set_carrier(self, on: bool) -> None:
         """Carrier follows the lower, as a kernel macvlan's does: the peer's admin state."""
         netlink.set_link(self.peer, None, up=on)
