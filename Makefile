@@ -8,18 +8,26 @@ APT_PACKAGES := python3 python3-venv python3-pip iproute2 iputils-ping ethtool t
                 util-linux passwd qemu-system-x86 busybox-static iperf3 \
                 containernetworking-plugins systemd man-db groff-base libvirt-clients libxml2-utils \
                 dnsmasq docker.io podman clang llvm libbpf-dev libbpf1 linux-libc-dev nftables
+# Only `make bench` needs these: the user-space switches it measures beside pymacvtap.
+BENCH_APT_PACKAGES := vde2 openvswitch-switch
 STAMP       := $(VENV)/.installed
 
 BPF_DIR     := pymacvtap/bpf
 BPF_OBJ     := $(BPF_DIR)/fastpath.bpf.o
 
-.PHONY: all setup apt-deps bpf test lint typecheck unit demo bench soak install clean
+.PHONY: all setup apt-deps bench-apt-deps apt-install bpf test lint typecheck unit demo bench soak install clean
 
 all: test
 
 # apt only runs when a package is missing: repeated `make test` stays fast and offline.
 apt-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@$(MAKE) -s apt-install PACKAGES="$(APT_PACKAGES)"
+
+bench-apt-deps:
+	@$(MAKE) -s apt-install PACKAGES="$(BENCH_APT_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	    echo "apt: installing$$missing"; \
@@ -66,7 +74,7 @@ soak: setup
 	    tests/reliability tests/frontends/vhost_user/test_fuzz.py tests/bpf/test_equivalence.py
 
 # Not a test: pymacvtap against kernel macvlan in the same lab, a table and JSON.
-bench: setup
+bench: setup bench-apt-deps
 	$(VPY) -m bench.run $(BENCH_ARGS)
 
 # A world-readable venv under PREFIX with the entry points on PATH, the systemd

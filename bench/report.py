@@ -234,7 +234,11 @@ def vm_rows(vm: dict[str, Any] | None) -> list[Row]:
         return [Row(title, "error", "error")]
     rows = [Row(title)]
     kernel = vm.get("kernel")
-    frontends = (("pymacvtap", "tap"), ("pymacvtap_vhost_user", "vhost-user"))
+    frontends = (
+        ("pymacvtap", "tap"),
+        ("pymacvtap_vhost_user", "vhost-user"),
+        ("fastpath", "tap on the eBPF fast path"),
+    )
 
     def ratio(k: Any, p: Any, digits: int) -> str:
         r = _ratio(k, p)
@@ -348,6 +352,62 @@ def render(rows: list[Row]) -> str:
             getattr(r, c).ljust(w) if j == 0 else getattr(r, c).rjust(w)
             for j, (c, w) in enumerate(zip(cols, widths, strict=True))
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+COMPARE_LABELS = {
+    "kernel": "kernel macvlan (vepa, hairpin)",
+    "fastpath": "pymacvtap, eBPF fast path",
+    "pymacvtap": "pymacvtap, Python data path",
+    "vde_switch": "vde_switch (user space)",
+    "ovs_userspace": "Open vSwitch, userspace datapath",
+}
+# (test, key, column heading, digits)
+COMPARE_COLUMNS = (
+    ("tcp1", "gbit_s", "TCP 1 stream (Gbit/s)", 2),
+    ("tcp4", "gbit_s", "TCP 4 streams (Gbit/s)", 2),
+    ("udp64", "delivered_kpps", "64-byte UDP delivered (kpps)", 1),
+    ("rtt_udp", "median_us", "UDP RTT median (µs)", 1),
+    ("tcp1", ("meter", "daemon_cpu_pct_of_core"), "switch CPU in TCP 1 (% core)", 0),
+)
+
+
+def render_compare(results: dict[str, Any]) -> str:
+    """One row per setup (kernel, both data paths, the peers): value (ratio to kernel)."""
+    tests: dict[str, dict[str, Any]] = results.get("tests", {})
+    unavailable: dict[str, str] = results.get("unavailable", {})
+    header = ["setup", *(c[2] for c in COMPARE_COLUMNS)]
+    table = [header]
+    for kind, label in COMPARE_LABELS.items():
+        if kind in unavailable:
+            table.append([label, f"not measured: {unavailable[kind]}", *[""] * (len(header) - 2)])
+            continue
+        row = [label]
+        for test, key, _, digits in COMPARE_COLUMNS:
+            keys = key if isinstance(key, tuple) else (key,)
+            ours = (tests.get(test) or {}).get(kind)
+            base = (tests.get(test) or {}).get("kernel")
+            value = _get(ours, *keys)
+            cell = _cell(ours, keys[0], digits) if len(keys) == 1 else _fmt(value, digits)
+            if kind == "kernel" and len(keys) > 1:
+                cell = "–"  # nothing to meter: the kernel has no process
+            elif kind != "kernel" and len(keys) == 1:
+                r = _ratio(_get(base, *keys), value)
+                if r and key == "median_us":
+                    added = value - _get(base, *keys)
+                    cell += f" ({added:+.1f})"
+                elif r:
+                    cell += f" ({_fmt(r)}×)"
+            row.append(cell)
+        table.append(row)
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = []
+    for i, line in enumerate(table):
+        pairs = enumerate(zip(line, widths, strict=True))
+        cells = [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in pairs]
         lines.append("| " + " | ".join(cells) + " |")
         if i == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")

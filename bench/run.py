@@ -55,14 +55,21 @@ from .measure import (
     wait_tcp,
     wakeup_cost_us,
 )
-from .report import build_rows, render
+from .peers import PEERS, PeerError, PeerSetup
+from .report import build_rows, render, render_compare
 from .scale import measure_scale
 from .setups import EXT_ADDRESS, BenchDaemon, Setup, new_lab
 from .vm import measure_vms
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-KINDS = ("kernel", "pymacvtap")
+KINDS = ("kernel", "pymacvtap", "fastpath", *PEERS)
+# What the fast path and the user-space peers are measured on (the rest needs the
+# Python daemon, or ext, which the peers' switches do not reach).
+COMPARED_TESTS = {
+    "fastpath": ("tcp1", "tcp4", "tcp_ext", "udp64", "rtt_udp", "rtt_icmp"),
+    **{peer: ("tcp1", "tcp4", "udp64", "rtt_udp", "rtt_icmp") for peer in PEERS},
+}
 SINK_PORT = 7009
 BLAST_PPS = 20_000  # 1472-byte datagrams to the stalled container: ~236 Mbit/s
 BLAST_BYTES = 1472
@@ -336,19 +343,43 @@ def start_servers(setup: Setup, servers: Servers) -> None:
 def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"tests": {}}
     with new_lab() as lab:
-        daemon = BenchDaemon(lab.host, workdir / "daemon")
+        daemon = BenchDaemon(lab.host, workdir / "daemon", datapath="python")
+        fast = BenchDaemon(lab.host, workdir / "fastpath", datapath="ebpf")
         servers = Servers()
+        peers: list[PeerSetup] = []
         daemon.start()
         try:
-            setups = {
+            setups: dict[str, Setup] = {
                 "kernel": Setup("kernel", lab),
                 "pymacvtap": Setup("pymacvtap", lab, daemon),
             }
+            results["unavailable"] = {}
+            try:
+                fast.start()
+                setups["fastpath"] = Setup("fastpath", lab, fast)
+            except RuntimeError as exc:
+                results["unavailable"]["fastpath"] = str(exc).splitlines()[-1]
+            for kind, cls in PEERS.items():
+                peer_dir = workdir / kind
+                peer_dir.mkdir(parents=True, exist_ok=True)
+                peer = cls(kind, lab, workdir=peer_dir)
+                peers.append(peer)
+                try:
+                    peer.start()
+                    setups[kind] = peer
+                except (PeerError, OSError, subprocess.SubprocessError) as exc:
+                    results["unavailable"][kind] = str(exc)
+                    progress(f"{kind}: cannot start: {exc}")
             progress("setting up: 3 containers per setup, servers, warm-up")
             servers.iperf(lab.ext, EXT_ADDRESS)
-            for setup in setups.values():
-                for role in ("c1", "c2", "c3"):
-                    setup.add_container(role)
+            for kind, setup in list(setups.items()):
+                try:
+                    for role in ("c1", "c2", "c3"):
+                        setup.add_container(role)
+                except PeerError as exc:
+                    results["unavailable"][kind] = str(exc)
+                    del setups[kind]
+                    continue
                 start_servers(setup, servers)
                 warm_up(setup, lab.ext)
             results["daemon_rss_kib_start"] = _rss(daemon.pid)
@@ -358,6 +389,10 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
                 results["tests"][name] = {}
                 for kind in KINDS:
                     if kind == "kernel" and name in DAEMON_ONLY:
+                        continue
+                    if kind in COMPARED_TESTS and name not in COMPARED_TESTS[kind]:
+                        continue
+                    if kind not in setups:
                         continue
                     setup = setups[kind]
                     progress(f"{name:8} {kind:9} ...")
@@ -377,8 +412,14 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
                 )
             results["daemon_stats_after"] = _daemon_stats(daemon)
             setups["pymacvtap"].remove_containers()
+            if "fastpath" in setups:
+                results["fastpath_stats_after"] = _daemon_stats(fast)
+                setups["fastpath"].remove_containers()
         finally:
             servers.close()
+            for peer in peers:
+                peer.close()
+            fast.cleanup()
             daemon.cleanup()
             results["daemon_log_tail"] = daemon.log()[-2000:]
         if only is None or "capture" in only:
@@ -581,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             f"commit {results['git']['commit'][:12]}"
         )
         print(render(rows))
+        print("\nEvery data path and the user-space peers, same run (ratios: ÷ kernel macvlan)")
+        print(render_compare(results))
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults: {path} ({results['elapsed_s']} s)")
     return 0

@@ -22,8 +22,10 @@ from lab.daemon import DaemonProcess
 
 SUBNET = "10.97.0"
 EXT_ADDRESS = f"{SUBNET}.100"
-LOWERS = {"kernel": ("lowk", 0x0B01), "pymacvtap": ("lowp", 0x0B02)}
-FIRST_HOST = {"kernel": 11, "pymacvtap": 21}  # c1 of kernel is .11, of pymacvtap .21
+# "pymacvtap" is the Python data path, "fastpath" the same daemon code with --datapath ebpf.
+LOWERS = {"kernel": ("lowk", 0x0B01), "pymacvtap": ("lowp", 0x0B02), "fastpath": ("lowf", 0x0B03)}
+FIRST_HOST = {"kernel": 11, "pymacvtap": 21, "fastpath": 61}  # c1 of kernel is .11, ...
+TAGS = {"kernel": ("k", 0x0A), "pymacvtap": ("p", 0x0B), "fastpath": ("f", 0x0C)}
 
 
 def new_lab() -> Lab:
@@ -44,10 +46,12 @@ class BenchDaemon(DaemonProcess):
     writes the profile.
     """
 
-    def __init__(self, netns: str, workdir: Path, *, profile: Path | None = None) -> None:
+    def __init__(
+        self, netns: str, workdir: Path, *, profile: Path | None = None, datapath: str = "python"
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         interpreter = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
-        super().__init__(netns, workdir, interpreter=interpreter)
+        super().__init__(netns, workdir, interpreter=interpreter, datapath=datapath)
         self.profile = profile
 
     def stop(self, timeout: float = 60.0) -> int | None:
@@ -82,9 +86,9 @@ class Setup:
 
     def add_container(self, role: str) -> Container:
         index = len(self.containers)
-        tag = "k" if self.kind == "kernel" else "p"
+        tag, byte = TAGS[self.kind]
         netns = self.lab.add_netns(f"{tag}-{role}")
-        mac = bytes([0x02, 0, 0, 0x01, 0x0A if tag == "k" else 0x0B, index + 1])
+        mac = bytes([0x02, 0, 0, 0x01, byte, index + 1])
         address = f"{SUBNET}.{FIRST_HOST[self.kind] + index}"
         name = f"{tag}{role}"
         if self.daemon is None:
@@ -105,7 +109,7 @@ class Setup:
         return container
 
     def remove_containers(self) -> None:
-        tag = "k" if self.kind == "kernel" else "p"
+        tag = TAGS[self.kind][0]
         for role, c in list(self.containers.items()):
             if self.daemon is not None:
                 self.daemon.run_cli("link", "del", f"{tag}{role}")

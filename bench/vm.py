@@ -1,6 +1,6 @@
 """The ``vm`` test: a QEMU guest on each setup's lower, pinging and sending to that setup's c2.
 
-Three VMs, one after the other, each booted with the test image of ``tests/vm`` (a Debian
+Four VMs, one after the other, each booted with the test image of ``tests/vm`` (a Debian
 cloud kernel and busybox), under TCG (no KVM on this project's machines):
 
 =======================  =====  ===================================================================
@@ -12,6 +12,8 @@ variant                  lower  attach
                                 ``pymacvtap exec NAME -- qemu … -netdev tap,fds=3``
 ``pymacvtap_vhost_user`` lowp   ``macvtap`` endpoint, ``frontend vhost-user``: memfd guest RAM,
                                 ``-netdev vhost-user``, ``vectors=0`` (QEMU 7.2 under TCG)
+``fastpath``             lowf   as ``pymacvtap``, on the daemon run with ``--datapath ebpf``: the
+                                programs forward the tap's unicast
 =======================  =====  ===================================================================
 
 Every frame between the VM and c2 leaves through the lower and comes back by the switch's
@@ -58,10 +60,23 @@ from .measure import (
 from .setups import SUBNET, Setup
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("kernel", "pymacvtap", "pymacvtap_vhost_user")
-# Last octet of each VM's address: clear of the containers (.11–.13, .21–.23) and ext (.100).
-VM_HOST = {"kernel": 31, "pymacvtap": 41, "pymacvtap_vhost_user": 42}
-ENDPOINT = {"kernel": "kvm0", "pymacvtap": "pvmtap", "pymacvtap_vhost_user": "pvmvhost"}
+VARIANTS = ("kernel", "pymacvtap", "pymacvtap_vhost_user", "fastpath")
+# Last octet of each VM's address: clear of the containers (.11–.13, .21–.23, .61–.63) and
+# ext (.100).
+VM_HOST = {"kernel": 31, "pymacvtap": 41, "pymacvtap_vhost_user": 42, "fastpath": 71}
+ENDPOINT = {
+    "kernel": "kvm0",
+    "pymacvtap": "pvmtap",
+    "pymacvtap_vhost_user": "pvmvhost",
+    "fastpath": "fvmtap",
+}
+# Which setup's lower (and daemon) each VM is on: the fast path's VM on the ebpf daemon.
+SETUP_OF = {
+    "kernel": "kernel",
+    "pymacvtap": "pymacvtap",
+    "pymacvtap_vhost_user": "pymacvtap",
+    "fastpath": "fastpath",
+}
 STREAM_PORT = 7011
 PING_INTERVAL_S = 0.01
 STREAM_WARMUP_S = 1.0  # TCP slow start and the guest's first page faults, left out
@@ -265,7 +280,7 @@ def run_variant(
         if variant == "kernel":
             port = stack.enter_context(kernel_macvtap(lab, setup.lower, name, mac, workdir))
         else:
-            frontend = "tap" if variant == "pymacvtap" else "vhost-user"
+            frontend = "vhost-user" if variant == "pymacvtap_vhost_user" else "tap"
             port = stack.enter_context(pymacvtap_endpoint(setup, name, mac, frontend, workdir))
         stack.enter_context(switch_entry(lab, mac, lab.lowers[setup.lower].port))
         vm_address = f"{SUBNET}.{VM_HOST[variant]}"
@@ -319,7 +334,10 @@ def measure_vms(
         "stream_seconds": stream_seconds,
     }
     for variant in VARIANTS:
-        setup = setups["kernel" if variant == "kernel" else "pymacvtap"]
+        if SETUP_OF[variant] not in setups:
+            out[variant] = {"error": f"no {SETUP_OF[variant]} setup in this run"}
+            continue
+        setup = setups[SETUP_OF[variant]]
         progress(f"{'vm':8} {variant:9} ... (boots a TCG guest)")
         try:
             out[variant] = run_variant(

@@ -77,6 +77,7 @@ class DaemonProcess:
         extra_args: Sequence[str] = (),
         interpreter: Sequence[str] = (),
         announce_rounds: int | None = 0,
+        datapath: str | None = None,
     ) -> None:
         """``extra_args`` go to ``pymacvtap daemon`` (``--metrics ...``); ``interpreter``
         options go to Python before ``-m pymacvtap`` (``-m cProfile -o FILE``).
@@ -87,6 +88,9 @@ class DaemonProcess:
         self.netns = netns
         self.announce_rounds = announce_rounds
         self.extra_args = list(extra_args)
+        # --datapath (auto, ebpf, python); None: $PYMACVTAP_TEST_DATAPATH, else the
+        # daemon's default (auto), so a whole suite can be run on either data path.
+        self.datapath = datapath or os.environ.get("PYMACVTAP_TEST_DATAPATH")
         self.interpreter = list(interpreter)
         self.workdir = workdir
         # The socket lives in a directory every user may traverse (the test's
@@ -112,6 +116,8 @@ class DaemonProcess:
             argv += ["--admin-group", self.admin_group]
         if self.announce_rounds is not None:
             argv += ["--announce-rounds", str(self.announce_rounds)]
+        if self.datapath:
+            argv += ["--datapath", self.datapath]
         argv += self.extra_args
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

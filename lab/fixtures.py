@@ -27,14 +27,19 @@ def lab_with_lower(subnet: str, lower_mac: bytes, lower: str = "low0") -> Iterat
 
 @contextlib.contextmanager
 def running_daemon(
-    lab: Lab, workdir: Path, *, must_survive: bool = False, announce_rounds: int | None = 0
+    lab: Lab,
+    workdir: Path,
+    *,
+    must_survive: bool = False,
+    announce_rounds: int | None = 0,
+    datapath: str | None = None,
 ) -> Iterator[DaemonProcess]:
     """A started daemon in the lab's host namespace, stopped and cleaned up afterwards.
 
     Its log is printed at the end (pytest shows it only for a failed test);
     ``must_survive`` fails the test if the daemon died during it.
     """
-    proc = DaemonProcess(lab.host, workdir, announce_rounds=announce_rounds)
+    proc = DaemonProcess(lab.host, workdir, announce_rounds=announce_rounds, datapath=datapath)
     proc.start()
     try:
         yield proc

@@ -28,8 +28,16 @@ def daemon_must_survive() -> bool:
 
 
 @pytest.fixture
-def daemon(lab: Lab, tmp_path: Path, daemon_must_survive: bool) -> Iterator[DaemonProcess]:
-    with running_daemon(lab, tmp_path, must_survive=daemon_must_survive) as proc:
+def datapath() -> str | None:
+    """The daemon's ``--datapath``; None: its default (auto). A suite parametrizes it."""
+    return None
+
+
+@pytest.fixture
+def daemon(
+    lab: Lab, tmp_path: Path, daemon_must_survive: bool, datapath: str | None
+) -> Iterator[DaemonProcess]:
+    with running_daemon(lab, tmp_path, must_survive=daemon_must_survive, datapath=datapath) as proc:
         yield proc
 
 

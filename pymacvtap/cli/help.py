@@ -25,7 +25,7 @@ SYNOPSIS
     pymacvtap [OPTIONS] capture NAME [-w FILE.pcap] [-c COUNT]
     pymacvtap [OPTIONS] version
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
-                     [--metrics ADDR:PORT]
+                     [--metrics ADDR:PORT] [--datapath {auto|ebpf|python}]
 
 DESCRIPTION
     pymacvtap gives a lower Ethernet device macvlan endpoints (network devices for
@@ -374,6 +374,7 @@ pymacvtap daemon - run the daemon
 SYNOPSIS
     pymacvtap daemon [--socket PATH] [--state-dir DIR] [--admin-group GROUP]
                      [--metrics ADDR:PORT] [--announce-rounds N]
+                     [--datapath {auto|ebpf|python}]
 
 DESCRIPTION
     Runs in the foreground in the network namespace of the lower devices, until SIGTERM
@@ -390,6 +391,12 @@ OPTIONS
     --announce-rounds N  gratuitous ARP/NA rounds sent for an endpoint that comes up,
                          after a restart, when a VM attaches and on `link set NAME
                          announce` (default 5, as QEMU's announce-self; 0: none)
+    --datapath {auto|ebpf|python}
+                         who forwards: ebpf, pymacvtap's eBPF programs in the kernel for
+                         the unicast of container netdevs and VM taps, the daemon for the
+                         rest (needs root, or CAP_BPF and CAP_NET_ADMIN, and the compiled
+                         programs); python, every frame through the daemon; auto (the
+                         default), ebpf where it loads, else python, saying why in the log
 
 EXAMPLES
     pymacvtap daemon --admin-group netadm

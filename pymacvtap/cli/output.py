@@ -63,7 +63,7 @@ def format_link(entry: dict[str, Any], stats: bool = False) -> str:
     if isinstance(macaddrs, list) and (macaddrs or entry.get("mode") == "source"):
         lines.append(f"    macaddr count {len(macaddrs)}" + "".join(f" {m}" for m in macaddrs))
     fe = f"    frontend {entry.get('frontend')}"
-    for key in ("netdev", "netns", "path", "owner", "group", "queues"):
+    for key in ("netdev", "netns", "path", "owner", "group", "queues", "datapath"):
         value = entry.get(key)
         if value is not None:
             fe += f" {key} {value}"

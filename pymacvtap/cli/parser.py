@@ -197,7 +197,9 @@ _DAEMON_OPTIONS = {
     "--admin-group": "admin_group",
     "--metrics": "metrics",
     "--announce-rounds": "announce_rounds",
+    "--datapath": "datapath",
 }
+DATAPATHS = ("auto", "ebpf", "python")
 
 
 def _parse_daemon(words: list[str], opts: Options) -> Parsed:
@@ -232,6 +234,16 @@ def _parse_daemon(words: list[str], opts: Options) -> Parsed:
     rounds = values["announce_rounds"]
     if rounds is not None and not (rounds.isdigit() and int(rounds) <= 100):
         usage("daemon", f'--announce-rounds "{rounds}": expected 0..100', "daemon")
+    datapath = values["datapath"]
+    if datapath is None:
+        values["datapath"] = "auto"
+    elif datapath not in DATAPATHS:
+        usage(
+            "daemon",
+            f'--datapath "{datapath}": expected one of {", ".join(DATAPATHS)}'
+            f"{suggest(datapath, list(DATAPATHS))}",
+            "daemon",
+        )
     if values["socket"] is None:
         values["socket"] = opts.socket
     return RunDaemon(argparse.Namespace(**values))

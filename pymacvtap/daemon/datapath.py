@@ -41,6 +41,15 @@ class DataPath(Protocol):
 
     def detach_endpoint(self, rt: EndpointRuntime) -> None: ...
 
+    def changed(self) -> None:
+        """The engine's configuration or a capture changed: bring what mirrors it up to date."""
+
+    def harvest(self) -> None:
+        """Bring the engine's counters up to date with what was counted elsewhere (kernel)."""
+
+    def close(self) -> None:
+        """Stop: whatever the data path put outside this process is taken away."""
+
 
 class SoftwarePath:
     """Every frame through the engine in this process, in batches (see the module docstring)."""
@@ -86,6 +95,15 @@ class SoftwarePath:
         if rt.blocked is not None:
             self.loop.forget(rt.blocked)
             rt.blocked = None
+
+    def changed(self) -> None:
+        """Nothing to do: the engine is read frame by frame."""
+
+    def harvest(self) -> None:
+        """Nothing to do: every frame is counted by the engine as it passes."""
+
+    def close(self) -> None:
+        """Nothing outside the process to take away."""
 
     # -- reading -----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from pymacvtap.daemon.service import EndpointService
 from pymacvtap.daemon.state import StateStore
 from pymacvtap.defaults import CONTROL_SOCKET, SOCKET_ENV, STATE_DIR
 from pymacvtap.io.allocator import keep_freed_frames_mapped
+from pymacvtap.io.bpf import BpfError
 from pymacvtap.io.caps import DAEMON_CAPABILITIES, drop_capabilities
 from pymacvtap.io.loop import Loop
 
@@ -68,11 +69,17 @@ def _run(args: argparse.Namespace, socket_path: str, state_dir: str, admin_gid: 
     loop = Loop()
     loop.spin = float(os.environ.get("PYMACVTAP_BUSY_POLL_US", BUSY_POLL_US)) / 1e6
     rounds = getattr(args, "announce_rounds", None)
-    service = EndpointService(
-        loop,
-        StateStore(state_dir, log.warning),
-        announce_rounds=ROUNDS if rounds is None else int(rounds),
-    )
+    try:
+        service = EndpointService(
+            loop,
+            StateStore(state_dir, log.warning),
+            getattr(args, "datapath", None) or "auto",
+            announce_rounds=ROUNDS if rounds is None else int(rounds),
+        )
+    except BpfError as exc:
+        print(f"pymacvtap: daemon: {exc}", file=sys.stderr)
+        loop.close()
+        return 1
     try:
         server = ControlServer(loop, socket_path, service, admin_gid, log)
     except OSError as exc:

@@ -236,6 +236,7 @@ class KernelFollower:
                 except OSError as exc:
                     log.warning("%s: cannot clamp mtu: %s", ep.name, exc)
             owner.save(f"lower {ev.ifname} mtu", put=clamped)
+            self.lowers.datapath.changed()
         if ev.mac is not None and ev.mac != lower.port.mac:
             before = {rt.cfg.name: events.values(rt.ep) for rt in on_lower}
             self.engine.set_lower_mac(ev.ifname, ev.mac)

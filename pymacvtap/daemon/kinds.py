@@ -13,9 +13,9 @@ from pymacvtap.core.port import Endpoint
 from pymacvtap.daemon.config import KINDS, EndpointConfig, Kind
 from pymacvtap.frontends.base import Frontend
 from pymacvtap.frontends.dgram import DgramFrontend
-from pymacvtap.frontends.netdev import NetdevFrontend
 from pymacvtap.frontends.stream import StreamFrontend
 from pymacvtap.frontends.unix import SOCKET_MODE
+from pymacvtap.frontends.veth import VethFrontend
 from pymacvtap.frontends.vhost_user import VhostUserFrontend
 from pymacvtap.frontends.vmtap import VmTapFrontend
 
@@ -25,7 +25,9 @@ Opener = Callable[[EndpointConfig, Endpoint, bool, FdsChanged], Frontend]
 
 
 def _netdev(cfg: EndpointConfig, ep: Endpoint, restoring: bool, _: FdsChanged) -> Frontend:
-    return NetdevFrontend.create(cfg.netdev_name, cfg.netns, ep.mac, ep.mtu, reattach=restoring)
+    return VethFrontend.create(
+        cfg.name, cfg.netdev_name, cfg.netns, ep.mac, ep.mtu, reattach=restoring
+    )
 
 
 def _vm_tap(cfg: EndpointConfig, ep: Endpoint, restoring: bool, _: FdsChanged) -> Frontend:

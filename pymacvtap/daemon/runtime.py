@@ -38,7 +38,7 @@ class LowerRuntime:
 class EndpointRuntime:
     """An endpoint in use: as asked for (``cfg``), in the engine (``ep``), its frontend."""
 
-    __slots__ = ("blocked", "captures", "cfg", "ep", "fds", "frontend")
+    __slots__ = ("blocked", "captures", "cfg", "datapath", "ep", "fds", "frontend")
 
     def __init__(self, cfg: EndpointConfig, ep: Endpoint, frontend: Frontend) -> None:
         # The attributes ep holds are read from ep; cfg keeps them as first asked for.
@@ -50,6 +50,9 @@ class EndpointRuntime:
         # `pymacvtap capture` sessions; None (not []) when there are none, so the
         # data path pays one attribute test per batch and nothing per frame.
         self.captures: list[Capture] | None = None
+        # Which data path forwards its unicast: "ebpf" once the kernel's programs
+        # serve its device (daemon/ebpf.py), else "python" (link show's datapath).
+        self.datapath = "python"
 
     def config(self) -> EndpointConfig:
         """The endpoint's configuration as it is now, to save: the request, the engine's values."""

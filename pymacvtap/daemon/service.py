@@ -26,8 +26,9 @@ from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.daemon import events
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
-from pymacvtap.daemon.datapath import DataPath, SoftwarePath
+from pymacvtap.daemon.datapath import DataPath
 from pymacvtap.daemon.dhcp import DhcpKeeper
+from pymacvtap.daemon.ebpf import EbpfPath, choose
 from pymacvtap.daemon.follow import KernelFollower
 from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
@@ -56,14 +57,25 @@ Subscriber = Callable[[dict[str, Any]], None]
 class EndpointService:
     """The Service behind the control socket; owner of the endpoints."""
 
-    def __init__(self, loop: Loop, state: StateStore, *, announce_rounds: int = ROUNDS) -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        state: StateStore,
+        datapath: str = "python",
+        *,
+        announce_rounds: int = ROUNDS,
+    ) -> None:
+        """``datapath``: ``--datapath`` (auto, ebpf, python); BpfError if ebpf cannot be had."""
         self.loop = loop
         self.state = state
         self.engine = Engine(os.urandom)
         self.endpoints: dict[str, EndpointRuntime] = {}
         self._subscribers: list[Subscriber] = []
-        software = SoftwarePath(loop)
+        software = choose(datapath, loop, self.engine)
         self.datapath: DataPath = software
+        if isinstance(software, EbpfPath):
+            # The maps follow every change before the change is answered.
+            self.subscribe(software.on_event)
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
         # Configured endpoints not created (yet): restore never forgets one.
@@ -204,6 +216,8 @@ class EndpointService:
         self.save(f"link del {name}", delete=[name])
 
     def link_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
+        if stats:
+            self.datapath.harvest()
         if name is not None:
             if name in self.waiting:
                 return [show_waiting(self.waiting[name])]
@@ -287,11 +301,13 @@ class EndpointService:
             )
 
         rt.captures = [*(rt.captures or []), on_frame]
+        self.datapath.changed()  # a captured endpoint's frames all cross the daemon
 
         def unsubscribe() -> None:
             if rt.captures is not None and on_frame in rt.captures:
                 rest = [c for c in rt.captures if c is not on_frame]
                 rt.captures = rest or None
+                self.datapath.changed()
 
         return unsubscribe
 
@@ -484,6 +500,7 @@ class EndpointService:
             self.datapath.detach_endpoint(rt)
             rt.frontend.close(delete=False)
         self.lowers.close()
+        self.datapath.close()
         self.follower.close()
         self.addresses.close()
         self.announcements.close()

@@ -29,6 +29,7 @@ def counters(rt: EndpointRuntime) -> dict[str, dict[str, int]]:
     stats = rt.ep.stats.as_dict()
     stats["rx"]["dropped"] += rt.frontend.dropped
     stats["tx"]["errors"] += rt.frontend.errors
+    stats["tx"]["dropped"] += rt.frontend.missed
     return stats
 
 
@@ -44,6 +45,9 @@ def drops(rt: EndpointRuntime) -> dict[str, int]:
         by_reason["frontend_refused"] = rt.frontend.dropped
     if rt.frontend.errors:
         by_reason["frontend_bad_input"] = rt.frontend.errors
+    missed = rt.frontend.missed
+    if missed:
+        by_reason["frontend_missed"] = missed
     return dict(sorted(by_reason.items()))
 
 
@@ -78,6 +82,7 @@ def show(rt: EndpointRuntime, stats: bool) -> dict[str, Any]:
         "macnat": ep.macnat,
         "bcqueuelen": ep.bcqueuelen,
         "addresses": addresses(ep),
+        "datapath": rt.datapath,
     }
     if cfg.dhcp:
         entry["dhcp"] = {"hostname": cfg.hostname or cfg.name}

@@ -84,6 +84,7 @@ def show_waiting(waiting: Waiting) -> dict[str, Any]:
         "macnat": cfg.macnat,
         "bcqueuelen": cfg.bcqueuelen,
         "addresses": [],
+        "datapath": None,
     }
     if cfg.dhcp:
         entry["dhcp"] = {"hostname": cfg.hostname or cfg.name}

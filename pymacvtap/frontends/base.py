@@ -32,7 +32,9 @@ class Frontend(Protocol):
     Frames the engine delivered that the frontend then could not hand over
     (no VM connected, device down, a broken offload header) are counted in
     ``dropped``; malformed input from the user (bad framing) in ``errors``.
-    The daemon adds them to the endpoint's rx_dropped and tx_errors.
+    The daemon adds them to the endpoint's rx_dropped and tx_errors.  Frames the
+    user sent that were lost before the daemon could read them (a full socket
+    buffer) are ``missed``, added to tx_dropped.
 
     The rest have defaults in :class:`FrontendDefaults` for the frontends they
     do not concern: ``set_carrier`` (a netdev shows its lower's carrier),
@@ -48,6 +50,9 @@ class Frontend(Protocol):
 
     @property
     def errors(self) -> int: ...
+
+    @property
+    def missed(self) -> int: ...
 
     def readable_fds(self) -> list[int]: ...
 
@@ -70,6 +75,11 @@ class FrontendDefaults:
     """What a frontend that has no carrier, no queue fds and no queue counters answers."""
 
     level_triggered = False
+
+    @property
+    def missed(self) -> int:
+        """Nothing is lost unseen: the user's writes wait or fail where it can see them."""
+        return 0
 
     def set_carrier(self, on: bool) -> None:
         """No carrier to show: only a netdev has one (a VM's port shows none)."""

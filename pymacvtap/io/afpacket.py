@@ -67,6 +67,7 @@ PACKET_MR_UNICAST = 3
 ETH_P_ALL = 0x0003
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SO_ATTACH_BPF = 50
 SIOCGIFMTU = 0x8921
 
 _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
@@ -216,6 +217,14 @@ class DeviceSocket:
         without holding one of the VM's queues.
         """
         self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (group_id & 0xFFFF) | (mode << 16))
+
+    def attach_filter(self, prog_fd: int) -> None:
+        """A BPF socket filter (SO_ATTACH_BPF): frames it returns 0 for never reach us.
+
+        The kernel fast path's ``daemon_filter`` (io/bpf.py): what its programs
+        forward must not be forwarded again by the daemon.
+        """
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd.to_bytes(4, "little"))
 
     def stats(self) -> dict[str, int]:
         """The kernel's receive counters for this socket since it was opened.

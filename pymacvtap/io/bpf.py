@@ -322,6 +322,16 @@ class FastPath:
                 if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                     raise
 
+    @staticmethod
+    def ours_attached(ifindex: int) -> bool:
+        """Whether one of our programs is on the ingress of ``ifindex`` (a killed daemon's)."""
+        with IPRoute() as ipr:
+            try:
+                filters = ipr.get_filters(index=ifindex, parent=TC_H_CLSACT_INGRESS)
+            except Exception:  # no clsact qdisc, no device: nothing of ours
+                return False
+        return any(f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS for f in filters)
+
     def attach_socket(self, sock: socket.socket) -> None:
         """``daemon_filter`` on ``sock`` (SO_ATTACH_BPF): it no longer sees forwarded frames."""
         sock.setsockopt(

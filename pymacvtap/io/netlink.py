@@ -250,6 +250,29 @@ def delete_link(ifname: str, ns: str | None = None) -> None:
         return
 
 
+def create_veth(
+    name: str, netns: str | None, peer: str, *, address: bytes, mtu: int, peer_mtu: int
+) -> None:
+    """A veth pair: ``name`` (address, mtu) in ``netns``, ``peer`` here.
+
+    One request, so the named end never exists in this namespace (where its name
+    may be taken) and no half of a pair is left behind by a failure.
+    """
+    end: dict[str, Any] = {"ifname": name, "address": address.hex(":"), "mtu": mtu}
+    fd = os.open(resolve_netns(netns), os.O_RDONLY | os.O_CLOEXEC) if netns else None
+    try:
+        if fd is not None:
+            end["net_ns_fd"] = fd
+        with _rtnl(None) as ipr:
+            try:
+                ipr.link("add", ifname=peer, kind="veth", mtu=peer_mtu, peer=end)
+            except NetlinkError as exc:
+                raise _netlink_error(exc, f"{peer}: add veth peer of {name}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def move_link(ifname: str, to_ns: str, ns: str | None = None) -> None:
     """Move ``ifname`` from ``ns`` into namespace ``to_ns`` (keeps its name)."""
     fd = os.open(resolve_netns(to_ns), os.O_RDONLY | os.O_CLOEXEC)

@@ -122,6 +122,7 @@ def test_daemon_command_calls_daemon_main(monkeypatch: pytest.MonkeyPatch) -> No
         "admin_group": "netadm",
         "metrics": "127.0.0.1:9100",
         "announce_rounds": "3",
+        "datapath": "auto",
     }
     _, parsed = parse(["daemon", "--socket=/d.sock"])
     assert isinstance(parsed, RunDaemon)
@@ -131,5 +132,22 @@ def test_daemon_command_calls_daemon_main(monkeypatch: pytest.MonkeyPatch) -> No
         "admin_group": None,
         "metrics": None,
         "announce_rounds": None,
+        "datapath": "auto",
     }
     assert isinstance(parse(["daemon", "-h"])[1], Help)
+
+
+@pytest.mark.parametrize("choice", ["auto", "ebpf", "python"])
+def test_daemon_datapath_option(monkeypatch: pytest.MonkeyPatch, choice: str) -> None:
+    seen: list[Any] = []
+    fake = types.ModuleType("pymacvtap.daemon")
+    fake.main = lambda args: seen.append(args) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pymacvtap.daemon", fake)
+    assert cli.main(["daemon", "--datapath", choice]) == 0
+    assert seen[0].datapath == choice
+
+
+def test_daemon_datapath_option_refuses_other_words(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["daemon", "--datapath", "epbf"]) != 0
+    err = capsys.readouterr().err
+    assert '--datapath "epbf": expected one of auto, ebpf, python (did you mean ebpf?)' in err

@@ -9,15 +9,16 @@ lower names and MACs, same static switch table on each ``br0``, same hairpin set
 * the daemon lab: a real ``pymacvtap daemon`` in the host namespace, one reused for
   every scenario, and ``macvlan`` endpoints made with the real CLI
   (``pymacvtap link add link LOWER name N type macvlan mode M [address MAC] netns NS
-  ifname eth0``, ``link set N up``, ``link set N macaddr OP MAC...``), each a tap netdev
-  in a namespace of its own.  Multicast groups are joined with ``ip maddr add`` and
+  ifname eth0``, ``link set N up``, ``link set N macaddr OP MAC...``), each a veth
+  netdev in a namespace of its own; the whole suite runs once per data path (ebpf,
+  python).  Multicast groups are joined with ``ip maddr add`` and
   allmulti set with ``ip link set eth0 allmulticast on`` inside the endpoint's namespace,
   as a container would; the daemon reads groups every GROUP_POLL_SECONDS, so before the
   first frame each joined group is probed from ext until the endpoint gets it.
 
 Frames are injected the same way on both sides: "from an endpoint" is a write to an
 AF_PACKET socket on the endpoint's netdev (the kernel macvlan's ``macvlan_start_xmit``;
-the tap netdev's transmit, which the daemon reads), "from outside" a write on ext's
+the veth's transmit, which the programs or the daemon read), "from outside" a write on ext's
 interface.  Receivers are captured on every endpoint netdev (ingress only), on the switch
 port facing each lower (``wire:<lower>``: what the lower sent) and on ext.  Endpoint and
 lower names are the same in both labs, so receivers compare without renaming.
@@ -121,11 +122,16 @@ def klab() -> Iterator[KernelLab]:
         yield KernelLab(lab, wires, ext)
 
 
-@pytest.fixture(scope="module")
-def dlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonLab]:
+@pytest.fixture(scope="module", params=["ebpf", "python"])
+def dlab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonLab]:
+    """The daemon lab, once per data path (SPEC 7: both are proven against the kernel)."""
     cleanup_leftovers()
     with switch_lab() as (lab, wires, ext):
-        daemon = DaemonProcess(lab.host, Path(tmp_path_factory.mktemp("daemon")))
+        daemon = DaemonProcess(
+            lab.host, Path(tmp_path_factory.mktemp("daemon")), datapath=request.param
+        )
         try:
             daemon.start()
             yield DaemonLab(lab, daemon, wires, ext)

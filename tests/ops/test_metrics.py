@@ -85,8 +85,10 @@ def test_metrics_follow_traffic_through_two_containers(
          "-s", str(PING_SIZE), "-W", "1", f"{SUBNET}.22"],
         check=True, capture_output=True,
     )  # fmt: skip
-    text, after = scrape(lab.host)
+    # `link show -s` first: on the fast path it collects the kernel's counts at once,
+    # which the metrics otherwise see within a second.
     shown = {e["ifname"]: e for e in json.loads(daemon.cli("-j", "-s", "link", "show"))}
+    text, after = scrape(lab.host)
 
     labels = {"endpoint": "c1", "lower": "low0", "mode": "vepa", "type": "macvlan"}
     assert value(after, "pymacvtap_endpoint_tx_packets_total", **labels) >= PINGS

@@ -385,8 +385,13 @@ def test_vm_reaches_the_outside_a_container_and_a_vm(
     print(f"{path}: queue_stats {entry.get('queue_stats')}")
     if QUEUES.get(path, 1) > 1:
         per_queue = tx_per_queue(entry)
-        assert len(per_queue) == 2 and all(n > 0 for n in per_queue), entry["queue_stats"]
-        assert sum(per_queue) == entry["stats64"]["tx"]["packets"], entry["queue_stats"]
+        assert len(per_queue) == 2, entry["queue_stats"]
+        if entry["datapath"] == "python":
+            assert all(n > 0 for n in per_queue), entry["queue_stats"]
+            assert sum(per_queue) == entry["stats64"]["tx"]["packets"], entry["queue_stats"]
+        else:
+            # Per queue is what the daemon read; the programs' unicast has no queue count.
+            assert sum(per_queue) <= entry["stats64"]["tx"]["packets"], entry["queue_stats"]
 
 
 TRANSFER_BYTES = 3 * 1024 * 1024

@@ -1,0 +1,175 @@
+"""The two data paths (SPEC 7): what each leaves in the daemon's namespace and what it costs.
+
+The kernel fast path forwards with pymacvtap's own programs only: no kernel
+macvlan/macvtap/ipvlan, bridge or Open vSwitch device and no tc action appears
+in the daemon's namespace, and a TCP run through it leaves the daemon nearly
+idle.  The Python data path still needs the daemon for every frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import Lab, ip_json
+from lab.daemon import DaemonProcess
+from lab.fixtures import Containers
+
+pytestmark = pytest.mark.root
+
+FORBIDDEN_KINDS = {"macvlan", "macvtap", "ipvlan", "ipvtap", "bridge", "openvswitch"}
+
+
+def tc_json(netns: str, *args: str) -> list[dict[str, object]]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "tc", "-j", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return list(json.loads(out or "[]"))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
+def test_the_fast_path_forwards_with_its_own_programs_only(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "bridge")
+    containers.add("c2", "bridge")
+    containers.add("c3", "vepa")
+    assert containers.ping("c1", "c2")
+    assert containers.ping("c3", "ext")
+    host = containers.lab.host
+    links = ip_json(host, "-d", "link", "show")
+    kinds = {str(link.get("linkinfo", {}).get("info_kind")) for link in links}
+    assert not kinds & FORBIDDEN_KINDS, kinds
+    peers = [link["ifname"] for link in links if str(link["ifname"]).startswith("pmv-")]
+    assert sorted(peers) == ["pmv-c1", "pmv-c2", "pmv-c3"]
+    assert tc_json(host, "actions", "ls", "action", "mirred") == []
+    for dev in [*peers, "low0"]:
+        filters = tc_json(host, "filter", "show", "dev", dev, "ingress")
+        bpf = [f for f in filters if f.get("kind") == "bpf"]
+        assert bpf, dev
+        for f in filters:
+            assert "actions" not in json.dumps(f), f
+    shown = {e["ifname"]: e["datapath"] for e in daemon.show()}
+    assert shown == {"c1": "ebpf", "c2": "ebpf", "c3": "ebpf"}
+    # Counted as on the Python path: the programs' counts are in link show -s.
+    stats = daemon.show("c1", stats=True)["stats64"]
+    assert stats["tx"]["packets"] >= 2 and stats["rx"]["packets"] >= 2, stats
+    # A clean stop takes the programs away.
+    daemon.stop()
+    for dev in [*peers, "low0"]:
+        with_filters = subprocess.run(
+            ["ip", "netns", "exec", host, "tc", "-j", "filter", "show", "dev", dev, "ingress"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert json.loads(with_filters.stdout or "[]") == [] or with_filters.returncode != 0
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
+def test_a_fast_path_tcp_run_leaves_the_daemon_idle(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "bridge")
+    ns2 = containers.add("c2", "bridge")
+    assert containers.ping("c1", "c2")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns2, "iperf3", "-s", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        before, start = cpu_seconds(daemon.pid), time.monotonic()
+        run = subprocess.run(
+            ["ip", "netns", "exec", containers.ns_of("c1"), "iperf3", "-c",
+             containers.address["c2"], "-t", "3", "-J"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        used = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - start)
+    finally:
+        server.kill()
+        server.wait()
+    assert run.returncode == 0, run.stderr
+    gbits = json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    print(f"fast path TCP {gbits:.1f} Gbit/s, daemon CPU {used * 100:.1f} % of a core")
+    assert used <= 0.05, f"daemon CPU {used * 100:.1f} % of a core during {gbits:.1f} Gbit/s"
+    assert daemon.show("c1")["datapath"] == "ebpf"
+
+
+@pytest.mark.parametrize("datapath", ["python"])
+def test_on_the_python_path_sigstop_stops_all_traffic(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "bridge")
+    containers.add("c2", "vepa")
+    assert containers.ping("c1", "ext")
+    assert containers.ping("c2", "ext")
+    assert {e["datapath"] for e in daemon.show()} == {"python"}
+    daemon.signal(signal.SIGSTOP)
+    try:
+        assert not containers.ping("c1", "ext", count=1)
+        assert not containers.ping("c2", "ext", count=1)
+    finally:
+        daemon.signal(signal.SIGCONT)
+    assert containers.ping("c1", "ext")
+
+
+def test_auto_falls_back_to_python_and_says_why(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYMACVTAP_BPF_OBJECT", str(tmp_path / "missing.bpf.o"))
+    for sub in ("ebpf", "auto"):
+        (tmp_path / sub).mkdir()
+    refused = DaemonProcess(lab.host, tmp_path / "ebpf", datapath="ebpf")
+    with pytest.raises(RuntimeError, match=r"--datapath ebpf: .*no compiled fast path"):
+        refused.start()
+    refused.cleanup()
+    proc = DaemonProcess(lab.host, tmp_path / "auto", datapath="auto")
+    proc.start()
+    try:
+        containers = Containers(lab, proc)
+        containers.add("c1", "vepa")
+        assert containers.ping("c1", "ext")
+        assert proc.show("c1")["datapath"] == "python"
+    finally:
+        proc.cleanup()
+    said = [line for line in proc.log().splitlines() if "data path:" in line]
+    assert len(said) == 1 and "python (auto: the eBPF fast path cannot load" in said[0], said
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
+def test_after_sigkill_the_programs_forward_until_a_python_daemon_takes_them_away(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    containers.add("c1", "bridge")
+    containers.add("c2", "bridge")
+    assert containers.ping("c1", "c2")
+    daemon.kill()
+    # Neighbours are resolved: the unicast goes on with the last tables.
+    assert containers.ping("c1", "c2")
+    daemon.datapath = "python"
+    daemon.start()
+    assert "removing programs a previous daemon left" in daemon.log()
+    assert {e["datapath"] for e in daemon.show()} == {"python"}
+    assert containers.ping("c1", "c2")
+    daemon.signal(signal.SIGSTOP)
+    try:
+        assert not containers.ping("c1", "c2", count=1)
+    finally:
+        daemon.signal(signal.SIGCONT)
