@@ -21,7 +21,7 @@ import random
 import struct
 import time
 
-from pymacvtap.core import Disposition, Engine, Frame, Mode, Outcome, VnetHeader
+from pymacvtap.core import Disposition, Endpoint, Engine, Frame, Mode, Outcome, VnetHeader
 from pymacvtap.core.stats import DropReason
 from pymacvtap.virtio.offload import OffloadError, to_plain
 from tests.reliability.helpers import SCALE, record
@@ -169,6 +169,12 @@ def check_isolation(engine: Engine, d: Disposition, sender: str | None, lower: s
         assert d.outcome is Outcome.DROPPED, d
 
 
+def wire_sender(ep: Endpoint) -> bool:
+    """Whether a unicast to an outside MAC from ``ep`` goes to its lower's wire queue."""
+    port = ep.port
+    return ep.up and port is not None and port.up and not ep.macnat and ep.mode is not Mode.SOURCE
+
+
 def test_engine_fuzz_counters_equal_dispositions() -> None:
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
@@ -223,6 +229,13 @@ def test_engine_fuzz_counters_equal_dispositions() -> None:
                 for _ in range(40):
                     burst = Frame(BROADCAST + EXTERNAL + b"\x08\x06" + bytes(46))
                     dispositions.append(engine.from_lower(ports["low1"], burst))
+            if i % 5000 == 3500:  # an endpoint outruns a wire nobody drains
+                sender = next((ep for ep in endpoints if wire_sender(ep)), None)
+                if sender is not None:
+                    port = ports[sender.port.name]  # type: ignore[union-attr]
+                    to_wire = Frame(EXTERNAL + sender.mac + b"\x08\x00" + bytes(46))
+                    for _ in range(port.tx_queue_len - len(port.tx_queue) + 3):
+                        dispositions.append(engine.from_endpoint(sender, to_wire))
             if i % 1000 == 999:  # the passthru endpoint goes down and up
                 engine.set_up("low2-pt", not engine.endpoints["low2-pt"].up)
             if i % 5000 == 4999:  # a lower loses and regains carrier
