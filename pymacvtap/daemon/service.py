@@ -25,6 +25,7 @@ from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac, parse_mac
 from pymacvtap.core.modes import Mode
 from pymacvtap.daemon import events
+from pymacvtap.daemon.addresses import AddressFollower, Announcements
 from pymacvtap.daemon.config import ConfigError, EndpointConfig
 from pymacvtap.daemon.datapath import DataPath
 from pymacvtap.daemon.dhcp import DhcpKeeper
@@ -34,7 +35,6 @@ from pymacvtap.daemon.kinds import open_frontend
 from pymacvtap.daemon.lowers import Lowers
 from pymacvtap.daemon.marks import Marks
 from pymacvtap.daemon.runtime import EndpointRuntime, add_to_engine
-from pymacvtap.daemon.speaking import AddressFollower, Announcements
 from pymacvtap.daemon.state import StateError, StateStore
 from pymacvtap.daemon.view import show, show_lower
 from pymacvtap.daemon.waiting import (

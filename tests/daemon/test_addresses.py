@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from pymacvtap.core import Engine, Mode
-from pymacvtap.daemon.speaking import Announcements
+from pymacvtap.daemon.addresses import Announcements
 from pymacvtap.io.loop import Loop
 
 LOWER = bytes.fromhex("020000000c01")
