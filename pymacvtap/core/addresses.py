@@ -119,16 +119,9 @@ def dhcp_ack_for(data: Buffer, mac: bytes) -> tuple[bytes, float | None] | None:
     l3 = h.l3_header(data)
     if l3 is None:
         return None
-    udp = h.udp_of_ipv4(data, l3)
-    if udp is None:
-        return None
-    ip, udp_at = udp
-    if h.udp_ports(data, udp_at) != (h.BOOTP_SERVER_PORT, h.BOOTP_CLIENT_PORT):
-        return None
-    bootp = h.parse_bootp(data, udp_at + 8, l3.offset + ip.total_len)
+    bootp = h.bootp_reply(data, l3)
     if (
         bootp is None
-        or bootp.op != h.BOOTREPLY
         or bootp.message_type != h.DHCPACK
         or bootp.chaddr != mac
         or not h.is_ipv4_unicast(bootp.yiaddr)

@@ -272,6 +272,20 @@ def udp_of_ipv4(data: Buffer, l3: L3) -> tuple[Ipv4, int] | None:
     return ip, udp_at
 
 
+def bootp_reply(data: Buffer, l3: L3) -> Bootp | None:
+    """The BOOTP/DHCP reply (server port to client port over IPv4) in a frame, else None."""
+    udp = udp_of_ipv4(data, l3)
+    if udp is None:
+        return None
+    ip, udp_at = udp
+    if udp_ports(data, udp_at) != (BOOTP_SERVER_PORT, BOOTP_CLIENT_PORT):
+        return None
+    bootp = parse_bootp(data, udp_at + 8, l3.offset + ip.total_len)
+    if bootp is None or bootp.op != BOOTREPLY:
+        return None
+    return bootp
+
+
 def parse_bootp(data: Buffer, offset: int, end: int) -> Bootp | None:
     """A BOOTP/DHCP message in ``data[offset:end]``: the fields SPEC 9 needs, options read."""
     if end > len(data) or end < offset + BOOTP_FIXED_LEN:

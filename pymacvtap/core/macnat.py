@@ -292,14 +292,8 @@ class MacNat:
         return name
 
     def _dhcp_reply_owner(self, data: Buffer, l3: L3, now: float) -> str | None:
-        udp = h.udp_of_ipv4(data, l3)
-        if udp is None:
-            return None
-        ip, udp_at = udp
-        if h.udp_ports(data, udp_at) != (h.BOOTP_SERVER_PORT, h.BOOTP_CLIENT_PORT):
-            return None
-        bootp = h.parse_bootp(data, udp_at + 8, l3.offset + ip.total_len)
-        if bootp is None or bootp.op != h.BOOTREPLY:
+        bootp = h.bootp_reply(data, l3)
+        if bootp is None:
             return None
         found = self._xids.get((bootp.xid, bootp.chaddr))
         if found is None:

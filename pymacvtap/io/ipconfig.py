@@ -8,26 +8,12 @@ daemon restart, a move that flushed the netdev's addresses) is harmless.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
 from ipaddress import IPv4Interface
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pymacvtap.io.netlink import LinkNotFound
-from pymacvtap.io.netns import entered
-
-
-@contextmanager
-def _rtnl(ns: str | None) -> Iterator[Any]:
-    with entered(ns):
-        ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+from pymacvtap.io.netlink import LinkNotFound, rtnl
 
 
 def _index(ipr: Any, ifname: str, ns: str | None) -> int:
@@ -40,7 +26,7 @@ def _index(ipr: Any, ifname: str, ns: str | None) -> int:
 def put_address(ifname: str, ns: str | None, interface: str, gateway: str | None) -> None:
     """``interface`` (``a.b.c.d/len``) on the netdev and, if given, the default route."""
     iface = IPv4Interface(interface)
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         index = _index(ipr, ifname, ns)
         try:
             ipr.addr(
@@ -60,7 +46,7 @@ def take_address(ifname: str, ns: str | None, interface: str) -> None:
     """Take ``interface`` off the netdev (its routes go with it); gone already is fine."""
     iface = IPv4Interface(interface)
     try:
-        with _rtnl(ns) as ipr:
+        with rtnl(ns) as ipr:
             index = _index(ipr, ifname, ns)
             ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
     except (NetlinkError, LinkNotFound, FileNotFoundError):

@@ -110,7 +110,7 @@ def _netlink_error(exc: NetlinkError, what: str) -> OSError:
 
 
 @contextmanager
-def _rtnl(ns: str | None) -> Iterator[Any]:
+def rtnl(ns: str | None) -> Iterator[Any]:
     """A short-lived IPRoute speaking for namespace ``ns``."""
     with entered(ns):
         ipr = IPRoute()
@@ -165,13 +165,13 @@ def _info(msg: Any) -> LinkInfo:
 
 def link_info(ifname: str, ns: str | None = None) -> LinkInfo:
     """The state of device ``ifname`` in ``ns``; raises LinkNotFound."""
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         return _info(_get(ipr, ifname, ns))
 
 
 def links(ns: str | None = None) -> list[LinkInfo]:
     """Every device of ``ns``, in one dump."""
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         try:
             return [_info(msg) for msg in ipr.link("dump")]
         except NetlinkError as exc:
@@ -181,7 +181,7 @@ def links(ns: str | None = None) -> list[LinkInfo]:
 def set_alias(ifname: str, ns: str | None, alias: str) -> None:
     """Set the device's IFLA_IFALIAS (what `ip link set DEV alias TEXT` sets)."""
     index = _index(ifname, ns)
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         try:
             ipr.link("set", index=index, ifalias=alias)
         except NetlinkError as exc:
@@ -229,7 +229,7 @@ def set_link(
     if not kwargs:
         return
     index = _index(ifname, ns)
-    with _rtnl(ns) as ipr:
+    with rtnl(ns) as ipr:
         try:
             ipr.link("set", index=index, **kwargs)
         except NetlinkError as exc:
@@ -240,7 +240,7 @@ def delete_link(ifname: str, ns: str | None = None) -> None:
     """Delete ``ifname``; a device (or namespace) that is already gone is fine."""
     try:
         index = _index(ifname, ns)
-        with _rtnl(ns) as ipr:
+        with rtnl(ns) as ipr:
             try:
                 ipr.link("del", index=index)
             except NetlinkError as exc:
@@ -263,7 +263,7 @@ def create_veth(
     try:
         if fd is not None:
             end["net_ns_fd"] = fd
-        with _rtnl(None) as ipr:
+        with rtnl(None) as ipr:
             try:
                 ipr.link("add", ifname=peer, kind="veth", mtu=peer_mtu, peer=end)
             except NetlinkError as exc:
@@ -278,7 +278,7 @@ def move_link(ifname: str, to_ns: str, ns: str | None = None) -> None:
     fd = os.open(resolve_netns(to_ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         index = _index(ifname, ns)
-        with _rtnl(ns) as ipr:
+        with rtnl(ns) as ipr:
             try:
                 ipr.link("set", index=index, net_ns_fd=fd)
             except NetlinkError as exc:
@@ -417,7 +417,7 @@ class LinkWatcher:
         return _link_event(msg)
 
     def _dump(self) -> list[LinkEvent]:
-        with _rtnl(self.ns) as ipr:
+        with rtnl(self.ns) as ipr:
             return [_link_event(m) for m in ipr.link("dump")]
 
     def _resync(self) -> list[LinkEvent]:
