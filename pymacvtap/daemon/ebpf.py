@@ -84,7 +84,6 @@ class EbpfPath(SoftwarePath):
                     sock.attach_filter(self.fastpath.prog_fds["daemon_filter"])
                 self._attach_tc(device.ifindex, "endpoint_ingress")
                 self._devices[name] = device
-                rt.datapath = "ebpf"
         # The maps learn of the device with the link.add event that follows (on_event).
         super().attach_endpoint(rt)
 
@@ -103,11 +102,15 @@ class EbpfPath(SoftwarePath):
         """Make the maps say what the engine says (nothing written when nothing changed)."""
         captured = [name for name, rt in self.endpoints.items() if rt.captures is not None]
         new = derive(self.engine, self._lower_index, self._devices, captured, self.tables)
-        if new == self.tables:
-            return
-        self._harvest_leaving(new)
-        self.fastpath.apply(changes(self.tables, new))
-        self.tables = new
+        if new != self.tables:
+            self._harvest_leaving(new)
+            self.fastpath.apply(changes(self.tables, new))
+            self.tables = new
+        # What link show calls an endpoint's data path is what the maps say of it: one
+        # under capture or with macnat is the daemon's even though its device has programs.
+        fast = {entry.name for entry in new.endpoints.values() if entry.fast}
+        for name, rt in self.endpoints.items():
+            rt.datapath = "ebpf" if name in fast else "python"
 
     def on_event(self, _event: dict[str, Any]) -> None:
         """A service subscriber: every change the daemon announces reaches the maps at once."""

@@ -82,6 +82,24 @@ def test_the_fast_path_forwards_with_its_own_programs_only(
 
 
 @pytest.mark.parametrize("datapath", ["ebpf"])
+def test_link_show_names_the_path_that_carries_the_endpoint(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    """An endpoint whose frames the programs leave to the daemon (macnat rewrites them) is
+    shown on the python path, and back on ebpf when that ends; its traffic flows on both."""
+    containers.add("c1", "bridge")
+    containers.add("c2", "bridge")
+    assert daemon.show("c1")["datapath"] == "ebpf"
+    daemon.cli("link", "set", "c1", "macnat", "on")
+    assert daemon.show("c1")["datapath"] == "python"
+    assert daemon.show("c2")["datapath"] == "ebpf"
+    assert containers.ping("c1", "c2")
+    daemon.cli("link", "set", "c1", "macnat", "off")
+    assert daemon.show("c1")["datapath"] == "ebpf"
+    assert containers.ping("c1", "ext")
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
 def test_a_fast_path_tcp_run_leaves_the_daemon_idle(
     daemon: DaemonProcess, containers: Containers
 ) -> None:
