@@ -43,6 +43,9 @@ class Engine:
         self._entropy = entropy
         self.ports: dict[str, Port] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        # The time of the last tick: a lower added later starts its address tables at it,
+        # so what it learns before the next tick is not dated at 0 (and aged out at once).
+        self.now = 0.0
 
     # -- lowers ----------------------------------------------------------------
 
@@ -51,6 +54,7 @@ class Engine:
             raise EngineError("EEXIST", f"lower {name}: already attached")
         port = Port(name, mac, mtu)
         port.up = up
+        port.addressing.now = self.now
         self.ports[name] = port
         return port
 
@@ -350,6 +354,7 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """The time for what follows (address ages, DHCP transactions), passed in."""
+        self.now = now
         for port in self.ports.values():
             port.addressing.expire(now)
 

@@ -43,6 +43,7 @@ class Announcements:
         self.announcer = Announcer(rounds=rounds)
         self.sent = 0  # frames, for the metrics and tests
         self._timer: Timer | None = None
+        engine.tick(loop.time())  # the engine's clock starts now, not at 0
         self._ticker = loop.call_later(TICK_SECONDS, self._tick)
 
     def start(self, name: str) -> None:

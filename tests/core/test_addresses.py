@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pymacvtap.core import Engine, Frame, Mode
 from pymacvtap.core.addresses import (
     AddressBook,
     AddressTable,
@@ -11,6 +12,7 @@ from pymacvtap.core.addresses import (
     dhcp_ack_for,
     learned_from_sent,
 )
+from pymacvtap.core.announce import gratuitous_arp
 
 from .l3frames import (
     EP_A,
@@ -173,3 +175,18 @@ def test_book_learns_from_frames() -> None:
     ]
     assert book.as_list("nobody", 3.0) == []
     assert book.next_expiry() is not None and AddressBook().next_expiry() is None
+
+
+def test_a_lower_added_after_the_clock_started_dates_what_it_learns_from_then() -> None:
+    """The engine's time reaches a lower added between ticks: an address learned before the
+    next tick is dated at the last tick, not at 0, so that tick does not age it out."""
+    engine = Engine(lambda n: bytes(range(n)))
+    engine.tick(5000.0)
+    engine.add_lower("low0", bytes.fromhex("020000000001"))
+    mac = bytes.fromhex("020000000011")
+    ep = engine.add_endpoint("c1", "low0", Mode.BRIDGE, mac, up=True)
+    engine.from_endpoint(ep, Frame(gratuitous_arp(mac, bytes([10, 0, 0, 11]))))
+    engine.tick(5001.0)
+    [entry] = engine.ports["low0"].addressing.book.entries("c1", 5001.0)
+    assert entry.origin is Origin.ARP
+    assert entry.as_dict(5001.0)["age"] == 1.0

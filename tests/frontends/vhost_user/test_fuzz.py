@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import resource
 import socket
 import struct
 from collections import deque
@@ -310,6 +309,15 @@ def test_bad_memory_tables(make_backend: Make) -> None:
     fe.close()
 
 
+def rss_kib() -> int:
+    """This process's resident memory now, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     desc=st.binary(min_size=16 * 8, max_size=16 * 8),
@@ -331,9 +339,9 @@ def test_random_ring_contents(
         be = make_backend()
         fe = FrontEnd(be)
         fe.negotiate(num=8)
-        state = (be, fe)
+        state = (be, fe, rss_kib())
         test_random_ring_contents._state = state  # type: ignore[attr-defined]
-    be, fe = state
+    be, fe, rss_at_start = state
     r = fe.rings[direction]
     # make some descriptors point into memory, so valid chains occur too
     desc_list = bytearray(desc)
@@ -360,8 +368,9 @@ def test_random_ring_contents(
     fe.mem.write(r.avail, bytes(6 + 2 * r.num))
     fe.setup_ring(direction, num=8)
     assert not broken(be, direction)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert rss < 1_000_000  # KiB: bounded
+    # Bounded: what this test's examples hold, not the high-water mark of the whole
+    # pytest process (the engine fuzz of `make soak` alone peaks at several GiB).
+    assert rss_kib() - rss_at_start < 200_000
 
 
 def test_notifier_fd_checks(make_backend: Make) -> None:
