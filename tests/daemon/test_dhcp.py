@@ -11,7 +11,6 @@ import itertools
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -28,7 +27,6 @@ from lab.readme import code_blocks
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed"),
     pytest.mark.timeout(90),
 ]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import socket
 import subprocess
 import time
@@ -37,7 +36,6 @@ from pymacvtap.core.dhcp import (
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed"),
 ]
 
 ETH_P_IP = 0x0800

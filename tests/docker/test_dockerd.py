@@ -34,10 +34,6 @@ from lab.rootfs import busybox_rootfs
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        shutil.which("dockerd") is None or not Path("/bin/busybox").exists(),
-        reason="needs docker.io and busybox-static",
-    ),
     pytest.mark.timeout(240),
 ]
 
@@ -228,7 +224,6 @@ def test_containers_on_a_pymacvtap_network(
     assert not re.search(r": pmv[0-9a-f]{12}[:@]", ip(daemon.netns, "-o", "link", "show"))
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
 def test_dhcp_network_gets_leases_from_the_lan(
     docker_lab: tuple[Dockerd, DaemonProcess, str], tmp_path: Path
 ) -> None:

@@ -330,7 +330,6 @@ def test_the_documented_example_adds_and_deletes_a_container(
     assert daemon.show() == []
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/dnsmasq").exists(), reason="dnsmasq is not installed")
 def test_dhcp_ipam_returns_the_daemons_lease(
     lab: Lab, daemon: DaemonProcess, cni: Cni, tmp_path: Path
 ) -> None:

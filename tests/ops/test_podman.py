@@ -33,10 +33,6 @@ from lab.rootfs import busybox_rootfs
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        shutil.which("podman") is None or not Path("/bin/busybox").exists(),
-        reason="needs podman and busybox-static",
-    ),
     pytest.mark.timeout(120),
 ]
 
@@ -172,7 +168,6 @@ def test_the_guides_podman_network(
     assert daemon.show() == []
 
 
-@pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq is not installed")
 def test_podman_with_dhcp_ipam(
     lab: Lab, daemon: DaemonProcess, podman: Podman, tmp_path: Path
 ) -> None:
