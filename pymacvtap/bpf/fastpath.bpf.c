@@ -33,12 +33,13 @@ struct {
 	__type(value, struct fp_endpoint);
 } endpoints SEC(".maps");
 
-/* An endpoint's daemon-side device (peer or tap ifindex) -> its key in endpoints. */
+/* An endpoint's daemon-side device (peer or tap ifindex) -> a copy of its entry in
+ * endpoints: endpoint_ingress finds the sender in one lookup instead of two. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FP_MAX_ENDPOINTS);
 	__type(key, __u32);
-	__type(value, struct fp_key);
+	__type(value, struct fp_endpoint);
 } devices SEC(".maps");
 
 /* Lowers by ifindex. */
@@ -152,6 +153,23 @@ static __always_inline int oversize(struct __sk_buff *skb, __u32 mtu, __u16 prot
 	return (__u32)seg > mtu;
 }
 
+/* The Ethernet header.  tc programs read the packet directly (a helper call less
+ * per frame); a socket filter may not, and goes through the helper.  ``tc`` is a
+ * constant at every call, so each program keeps only its own branch. */
+static __always_inline int load_eth(struct __sk_buff *skb, struct ethhdr *eth, const int tc)
+{
+	if (tc) {
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+
+		if (data + sizeof(*eth) <= end) {
+			__builtin_memcpy(eth, data, sizeof(*eth));
+			return 0;
+		}
+	}
+	return bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth));
+}
+
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
@@ -166,7 +184,7 @@ static __always_inline int to_endpoint(struct verdict *v, struct fp_endpoint *ep
 }
 
 /* Port.from_lower -> _receive, for unicast. */
-static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
+static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v, const int tc)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct fp_lower *lower = bpf_map_lookup_elem(&lowers, &ifindex);
@@ -176,7 +194,7 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 	if (!lower || !lower->fast)
 		return FP_PASS;
 	v->lower = lower;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+	if (load_eth(skb, &eth, tc))
 		return FP_PASS; /* a runt: the daemon counts it */
 	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
 	if (over < 0)
@@ -186,7 +204,7 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 
 	struct fp_key key = { .lower = ifindex };
 	__builtin_memcpy(key.mac, eth.h_source, ETH_ALEN);
-	if (bpf_map_lookup_elem(&sources, &key))
+	if (lower->sources && bpf_map_lookup_elem(&sources, &key))
 		return FP_PASS; /* a source-mode endpoint gets a copy (_forward_source) */
 
 	__builtin_memcpy(key.mac, lower->passthru ? lower->passthru_mac : eth.h_dest, ETH_ALEN);
@@ -209,17 +227,14 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 }
 
 /* Port.from_endpoint, for unicast. */
-static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *v)
+static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *v, const int tc)
 {
 	__u32 ifindex = skb->ingress_ifindex;
-	struct fp_key *key = bpf_map_lookup_elem(&devices, &ifindex);
-	struct fp_endpoint *ep, *dest;
+	struct fp_endpoint *ep = bpf_map_lookup_elem(&devices, &ifindex);
+	struct fp_endpoint *dest;
 	struct fp_lower *lower;
 	struct ethhdr eth;
 
-	if (!key)
-		return FP_PASS;
-	ep = bpf_map_lookup_elem(&endpoints, key);
 	if (!ep || !ep->fast)
 		return FP_PASS;
 	v->from = ep;
@@ -227,7 +242,7 @@ static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *
 	if (!lower || !lower->fast)
 		return FP_PASS;
 	v->lower = lower;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)))
+	if (load_eth(skb, &eth, tc))
 		return FP_PASS;
 	int over = oversize(skb, ep->mtu, bpf_ntohs(eth.h_proto));
 	if (over < 0)
@@ -254,7 +269,7 @@ static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *
 		if (dest && dest->up && dest->mode == FP_BRIDGE) {
 			/* Bridge peer to bridge peer, never touching the wire. */
 			__builtin_memcpy(peer.mac, eth.h_source, ETH_ALEN);
-			if (!dest->fast || bpf_map_lookup_elem(&sources, &peer))
+			if (!dest->fast || (lower->sources && bpf_map_lookup_elem(&sources, &peer)))
 				return FP_PASS;
 			return to_endpoint(v, dest);
 		}
@@ -316,7 +331,7 @@ SEC("tc")
 int lower_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
-	int action = from_lower(skb, &v);
+	int action = from_lower(skb, &v, 1);
 	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.lower)
@@ -334,7 +349,7 @@ SEC("tc")
 int endpoint_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
-	int action = from_endpoint(skb, &v);
+	int action = from_endpoint(skb, &v, 1);
 	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.from || !v.lower)
@@ -359,8 +374,8 @@ int daemon_filter(struct __sk_buff *skb)
 	int action;
 
 	if (bpf_map_lookup_elem(&lowers, &ifindex))
-		action = from_lower(skb, &v);
+		action = from_lower(skb, &v, 0);
 	else
-		action = from_endpoint(skb, &v);
+		action = from_endpoint(skb, &v, 0);
 	return action == FP_PASS ? skb->len : 0;
 }

@@ -56,7 +56,7 @@ struct fp_lower {
 	__u8 up;        /* carrier */
 	__u8 fast;
 	__u8 passthru;  /* passthru_mac names the one endpoint that takes every unicast */
-	__u8 pad;
+	__u8 sources;   /* 1: some source-mode endpoint listens here (look in sources) */
 	__u8 passthru_mac[6];
 	__u8 pad2[2];
 };

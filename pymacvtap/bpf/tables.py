@@ -39,7 +39,7 @@ PASS, TO_PEER, TO_DEV, DROP = 0, 1, 2, 3
 
 _KEY = struct.Struct("<I6s2x")
 _ENDPOINT = struct.Struct("<IIIIBBBBB6sx")
-_LOWER = struct.Struct("<IIBBBx6s2x")
+_LOWER = struct.Struct("<IIBBBB6s2x")
 _STATS = struct.Struct(f"<4Q{DROP_MAX}Q")
 KEY_SIZE, ENDPOINT_SIZE, LOWER_SIZE = _KEY.size, _ENDPOINT.size, _LOWER.size
 
@@ -61,6 +61,7 @@ class LowerEntry:
     slot: int
     fast: bool = True
     passthru_mac: bytes | None = None
+    sources: bool = False  # some source-mode endpoint listens here: look in ``sources``
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class EndpointEntry:
 class Tables:
     lowers: dict[int, LowerEntry] = field(default_factory=dict)
     endpoints: dict[tuple[int, bytes], EndpointEntry] = field(default_factory=dict)
+    # Device ifindex -> the key of its endpoint; the map holds a copy of that entry.
     devices: dict[int, tuple[int, bytes]] = field(default_factory=dict)
     sources: frozenset[tuple[int, bytes]] = frozenset()
 
@@ -122,8 +124,20 @@ def derive(
         if ifindex is None:
             continue
         passthru = port.passthru.mac if port.passthru is not None else None
+        listened = {
+            (ifindex, mac)
+            for mac, listeners in port.sources.items()
+            if any(ep.up for ep in listeners)
+        }
+        sources |= listened
         tables.lowers[ifindex] = LowerEntry(
-            port.name, ifindex, port.mtu, port.up, lower_slots[port.name], passthru_mac=passthru
+            port.name,
+            ifindex,
+            port.mtu,
+            port.up,
+            lower_slots[port.name],
+            passthru_mac=passthru,
+            sources=bool(listened),
         )
         for ep in port.endpoints.values():
             device = devices.get(ep.name)
@@ -144,9 +158,6 @@ def derive(
             tables.endpoints[(ifindex, ep.mac)] = entry
             if device is not None:
                 tables.devices[device.ifindex] = (ifindex, ep.mac)
-        for mac, listeners in port.sources.items():
-            if any(ep.up for ep in listeners):
-                sources.add((ifindex, mac))
     return dataclasses.replace(tables, sources=frozenset(sources))
 
 
@@ -192,8 +203,7 @@ class DeleteEndpoint:
 @dataclass(frozen=True)
 class PutDevice:
     ifindex: int
-    lower: int
-    mac: bytes
+    entry: EndpointEntry  # the device's endpoint, as in ``endpoints``
 
 
 @dataclass(frozen=True)
@@ -262,8 +272,11 @@ def withdraw(old: Tables, new: Tables) -> list[Op]:
         elif now_ep != entry and entry.fast:
             restrict.append(PutEndpoint(dataclasses.replace(now_ep, fast=False)))
     for ifindex, owner in old.devices.items():
-        if new.devices.get(ifindex) != owner:
+        now_ep = new.endpoints.get(owner)
+        if new.devices.get(ifindex) != owner or now_ep is None:
             restrict.append(DeleteDevice(ifindex))
+        elif now_ep != old.endpoints[owner] and old.endpoints[owner].fast:
+            restrict.append(PutDevice(ifindex, dataclasses.replace(now_ep, fast=False)))
     restrict.extend(PutSource(*key) for key in sorted(new.sources - old.sources))
     return restrict
 
@@ -286,8 +299,9 @@ def install(old: Tables, new: Tables) -> list[Op]:
         if old.endpoints.get(key) != entry:
             settle.append(PutEndpoint(entry))
     for ifindex, owner in new.devices.items():
-        if old.devices.get(ifindex) != owner:
-            settle.append(PutDevice(ifindex, *owner))
+        entry = new.endpoints[owner]
+        if old.devices.get(ifindex) != owner or old.endpoints.get(owner) != entry:
+            settle.append(PutDevice(ifindex, entry))
     settle.extend(DeleteSource(*key) for key in sorted(old.sources - new.sources))
     return settle
 
@@ -296,10 +310,6 @@ def install(old: Tables, new: Tables) -> list[Op]:
 
 
 def pack_key(lower: int, mac: bytes) -> bytes:
-    return _KEY.pack(lower, mac)
-
-
-def pack_device(lower: int, mac: bytes) -> bytes:
     return _KEY.pack(lower, mac)
 
 
@@ -312,7 +322,13 @@ def pack_endpoint(e: EndpointEntry) -> bytes:
 def pack_lower(lower: LowerEntry) -> bytes:
     passthru = lower.passthru_mac
     return _LOWER.pack(
-        lower.mtu, lower.slot, lower.up, lower.fast, passthru is not None, passthru or bytes(6)
+        lower.mtu,
+        lower.slot,
+        lower.up,
+        lower.fast,
+        passthru is not None,
+        lower.sources,
+        passthru or bytes(6),
     )
 
 
@@ -325,7 +341,7 @@ def packed(tables: Tables) -> dict[str, dict[bytes, bytes]]:
         },
         "endpoints": {pack_key(*key): pack_endpoint(e) for key, e in tables.endpoints.items()},
         "devices": {
-            ifindex.to_bytes(4, "little"): pack_device(*owner)
+            ifindex.to_bytes(4, "little"): pack_endpoint(tables.endpoints[owner])
             for ifindex, owner in tables.devices.items()
         },
         "sources": {pack_key(*key): b"\x01" for key in tables.sources},

@@ -36,7 +36,6 @@ from pymacvtap.bpf.tables import (
     PutLower,
     PutSource,
     ZeroStats,
-    pack_device,
     pack_endpoint,
     pack_key,
     pack_lower,
@@ -50,7 +49,7 @@ MAPS = ("endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_st
 _TABLE_MAPS = (
     ("lowers", 4, LOWER_SIZE),
     ("endpoints", KEY_SIZE, ENDPOINT_SIZE),
-    ("devices", 4, KEY_SIZE),
+    ("devices", 4, ENDPOINT_SIZE),
     ("sources", KEY_SIZE, 1),
 )
 OBJECT_NAME = "fastpath.bpf.o"
@@ -235,8 +234,8 @@ class FastPath:
                     )
                 case DeleteEndpoint(lower, mac):
                     self._delete("endpoints", pack_key(lower, mac))
-                case PutDevice(ifindex, lower, mac):
-                    self._update("devices", _u32(ifindex), pack_device(lower, mac))
+                case PutDevice(ifindex, entry):
+                    self._update("devices", _u32(ifindex), pack_endpoint(entry))
                 case DeleteDevice(ifindex):
                     self._delete("devices", _u32(ifindex))
                 case PutSource(lower, mac):

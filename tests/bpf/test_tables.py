@@ -113,7 +113,9 @@ def test_a_changed_endpoint_leaves_the_fast_path_before_it_returns() -> None:
     new = derive(engine, {"eth0": 5}, DEVICES, previous=old)
     ops = changes(old, new)
     entry = new.endpoints[(5, MAC_A)]
-    assert ops == [PutEndpoint(dataclasses.replace(entry, fast=False)), PutEndpoint(entry)]
+    slow = dataclasses.replace(entry, fast=False)
+    # The device's copy (what endpoint_ingress reads) follows the entry, phase by phase.
+    assert ops == [PutEndpoint(slow), PutDevice(11, slow), PutEndpoint(entry), PutDevice(11, entry)]
 
 
 def test_an_address_change_removes_the_old_entry_and_device_first() -> None:
@@ -127,7 +129,7 @@ def test_an_address_change_removes_the_old_entry_and_device_first() -> None:
         DeleteEndpoint(5, MAC_A),
         DeleteDevice(11),
         PutEndpoint(new.endpoints[(5, new_mac)]),
-        PutDevice(11, 5, new_mac),
+        PutDevice(11, new.endpoints[(5, new_mac)]),
     ]
 
 
@@ -137,8 +139,17 @@ def test_source_listeners_are_added_first_and_removed_last() -> None:
     old = derive(engine, {"eth0": 5}, DEVICES)
     engine.macaddr("s", "set", [MAC_B])
     new = derive(engine, {"eth0": 5}, DEVICES, previous=old)
-    assert changes(old, new) == [PutSource(5, MAC_B)]
-    assert changes(new, old) == [DeleteSource(5, MAC_B)]
+    # The lower's "look in sources" flag changes with them, so the lower leaves the
+    # fast path for the change.
+    lower = new.lowers[5]
+    assert lower.sources and not old.lowers[5].sources
+    slow = dataclasses.replace(lower, fast=False)
+    assert changes(old, new) == [PutLower(5, slow), PutSource(5, MAC_B), PutLower(5, lower)]
+    assert changes(new, old) == [
+        PutLower(5, dataclasses.replace(old.lowers[5], fast=False)),
+        PutLower(5, old.lowers[5]),
+        DeleteSource(5, MAC_B),
+    ]
 
 
 @settings(max_examples=200, deadline=None)
@@ -170,21 +181,30 @@ def test_between_any_two_configurations_nothing_forwards_by_a_mix(steps: list) -
             captured ^= {name}
     new = derive(engine, {"eth0": 5}, DEVICES, capture=captured, previous=old)
     state = dict(old.endpoints)
-    for op in withdraw(old, new):
+    copies = {ifindex: old.endpoints[owner] for ifindex, owner in old.devices.items()}
+
+    def apply(op: object) -> None:
         if isinstance(op, PutEndpoint):
             state[(op.entry.lower, op.entry.mac)] = op.entry
         elif isinstance(op, DeleteEndpoint):
             del state[(op.lower, op.mac)]
-    # Whatever still forwards in between is unchanged: the same in old and new.
-    for ep in state.values():
+        elif isinstance(op, PutDevice):
+            copies[op.ifindex] = op.entry
+        elif isinstance(op, DeleteDevice):
+            del copies[op.ifindex]
+
+    for op in withdraw(old, new):
+        apply(op)
+    # Whatever still forwards in between is unchanged: the same in old and new,
+    # in the endpoints map and in the devices' copies.
+    for ep in [*state.values(), *copies.values()]:
         if ep.fast:
             assert old.endpoints[(ep.lower, ep.mac)] == ep == new.endpoints[(ep.lower, ep.mac)]
     # And the second phase ends in exactly the new tables.
-    final = dict(state)
     for op in install(old, new):
-        if isinstance(op, PutEndpoint):
-            final[(op.entry.lower, op.entry.mac)] = op.entry
-    assert final == new.endpoints
+        apply(op)
+    assert state == new.endpoints
+    assert copies == {ifindex: new.endpoints[owner] for ifindex, owner in new.devices.items()}
 
 
 def test_counters_sum_the_cpus_and_fold_into_the_engines() -> None:
