@@ -55,6 +55,7 @@ _TABLE_MAPS = (
 OBJECT_NAME = "fastpath.bpf.o"
 SO_ATTACH_BPF = 50
 TC_H_CLSACT_INGRESS = "ffff:fff2"
+TC_H_CLSACT_EGRESS = "ffff:fff3"
 _ENV_OBJECT = "PYMACVTAP_BPF_OBJECT"
 
 
@@ -313,11 +314,31 @@ class FastPath:
 
     @staticmethod
     def detach(ifindex: int) -> None:
-        """Remove the clsact qdisc of ``ifindex``, and with it every filter on it."""
+        """Take our programs off ``ifindex``, and the clsact qdisc if nothing else is on it.
+
+        Only filters running one of :data:`PROGRAMS` go: a user's own tc filters on a
+        lower (and the qdisc they hang on) stay.
+        """
         with IPRoute() as ipr:
             try:
-                ipr.tc("del", "clsact", ifindex)
-            except Exception as exc:
+                for f in ipr.get_filters(index=ifindex, parent=TC_H_CLSACT_INGRESS):
+                    if f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS:
+                        ipr.tc(
+                            "del-filter",
+                            "bpf",
+                            ifindex,
+                            f["handle"],
+                            parent=TC_H_CLSACT_INGRESS,
+                            info=f["info"],
+                        )
+                others = [
+                    f
+                    for parent in (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS)
+                    for f in ipr.get_filters(index=ifindex, parent=parent)
+                ]
+                if not others:
+                    ipr.tc("del", "clsact", ifindex)
+            except Exception as exc:  # no device, or no clsact qdisc: nothing of ours
                 if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
                     raise
 

@@ -185,3 +185,35 @@ def test_a_vm_tap_is_reached_by_redirect_and_sends_through_the_lower(fast_lab: F
     vm = fast_lab.tables.endpoints[(ifindex(fast_lab.lab.host, LOWER), vm_mac)]
     counters = fast_lab.fastpath.counters("endpoint_stats", vm.slot)
     assert (counters.rx_packets, counters.tx_packets) == (1, 1)
+
+
+def tc_filters(netns: str, dev: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", dev, "ingress"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+
+
+def test_detaching_leaves_a_users_own_filters_on_the_lower(fast_lab: FastLab) -> None:
+    host = fast_lab.lab.host
+    # A filter of the user's (classic BPF, "pass"; this kernel has no other classifier).
+    subprocess.run(
+        ["ip", "netns", "exec", host, "tc", "filter", "add", "dev", LOWER, "ingress",
+         "pref", "7", "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1"],
+        check=True,
+    )  # fmt: skip
+    assert "lower_ingress" in tc_filters(host, LOWER)
+    with in_netns(host):
+        FastPath.detach(ifindex(host, LOWER))
+        assert not FastPath.ours_attached(ifindex(host, LOWER))
+    left = tc_filters(host, LOWER)
+    assert "lower_ingress" not in left and "bytecode" in left
+    # Where nothing else was on it, the clsact qdisc goes with our program.
+    peer = f"pv-{next(iter(MACS))}"
+    with in_netns(host):
+        FastPath.detach(fast_lab.devices[next(iter(MACS))].ifindex)
+    qdiscs = subprocess.run(
+        ["ip", "netns", "exec", host, "tc", "qdisc", "show", "dev", peer],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "clsact" not in qdiscs
