@@ -9,7 +9,9 @@
  *
  * Everything a program does not decide (group frames, source-mode copies, endpoints
  * the daemon serves, frames it cannot parse) is passed on (TC_ACT_OK) to the host and
- * the daemon, which decides as the Python data path does.  The tables are written by
+ * the daemon, which decides as the Python data path does.  A unicast frame from the
+ * wire for no endpoint goes to the host alone: the program counts it as the engine
+ * would, and the daemon never reads the host's own traffic.  The tables are written by
  * pymacvtap/bpf/tables.py from the engine; BPF_PROG_TEST_RUN proves the two agree
  * (tests/bpf).  A program's decision is also left in skb->cb[0..2] for those tests.
  */
@@ -75,7 +77,7 @@ struct {
 
 struct verdict {
 	__u32 ifindex;  /* where FP_TO_PEER / FP_TO_DEV sends it */
-	__u32 reason;   /* enum fp_drop, for FP_DROP */
+	__u32 reason;   /* enum fp_drop: for FP_DROP, and FP_HOST of an oversize frame */
 	struct fp_lower *lower;
 	struct fp_endpoint *from;  /* the sending endpoint (endpoint_ingress) */
 	struct fp_endpoint *to;    /* the receiving endpoint, if any */
@@ -209,12 +211,20 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v, 
 
 	__builtin_memcpy(key.mac, lower->passthru ? lower->passthru_mac : eth.h_dest, ETH_ALEN);
 	ep = bpf_map_lookup_elem(&endpoints, &key);
+	if (!lower->passthru && (!ep || !ep->up || ep->mode == FP_SOURCE)) {
+		/* Not ours: the host's (Port._settle's NOT_OURS).  Unless a macnat endpoint
+		 * may claim it (frames for the lower's MAC), the daemon need not see it: the
+		 * program counts it, an oversize one as the engine's drop, and lets it go on.
+		 * The host keeps even an oversize frame, as on the Python data path, where
+		 * the daemon drops only its own copy. */
+		if (lower->claims)
+			return FP_PASS;
+		if (over)
+			v->reason = FP_OVERSIZE_FROM_LOWER;
+		return FP_HOST;
+	}
 	if (!ep || !ep->fast)
 		return FP_PASS;
-	if (!lower->passthru && (!ep->up || ep->mode == FP_SOURCE))
-		return FP_PASS; /* not ours: the host's */
-	/* Dropped here only when it was ours: a frame for the host stays the host's,
-	 * as on the Python data path, where the daemon drops only its own copy. */
 	if (over) {
 		v->reason = FP_OVERSIZE_FROM_LOWER;
 		return FP_DROP;
@@ -307,6 +317,13 @@ static __always_inline void count_drop(void *map, __u32 slot, __u32 reason)
 		s->drops[reason & (FP_DROP_MAX - 1)]++;
 }
 
+static __always_inline void count_not_ours(__u32 slot)
+{
+	struct fp_stats *s = bpf_map_lookup_elem(&lower_stats, &slot);
+	if (s)
+		s->not_ours++;
+}
+
 static __always_inline int act(struct __sk_buff *skb, int action, struct verdict *v)
 {
 	skb->cb[0] = action;
@@ -323,6 +340,8 @@ static __always_inline int act(struct __sk_buff *skb, int action, struct verdict
 		return bpf_redirect(v->ifindex, 0);
 	case FP_DROP:
 		return TC_ACT_SHOT;
+	case FP_HOST:
+		return TC_ACT_OK;
 	}
 	return TC_ACT_OK;
 }
@@ -338,8 +357,10 @@ int lower_ingress(struct __sk_buff *skb)
 		return act(skb, FP_PASS, &v);
 	/* The lower counts every frame it decides, as Port.from_lower does. */
 	count_rx(&lower_stats, v.lower->slot, len);
-	if (action == FP_DROP)
+	if (v.reason) /* FP_DROP, or an oversize frame left to the host */
 		count_drop(&lower_stats, v.lower->slot, v.reason);
+	else if (action == FP_HOST)
+		count_not_ours(v.lower->slot);
 	else if (v.to)
 		count_rx(&endpoint_stats, v.to->slot, len);
 	return act(skb, action, &v);
@@ -377,5 +398,5 @@ int daemon_filter(struct __sk_buff *skb)
 		action = from_lower(skb, &v, 0);
 	else
 		action = from_endpoint(skb, &v, 0);
-	return action == FP_PASS ? skb->len : 0;
+	return action == FP_PASS ? skb->len : 0; /* not what was forwarded, dropped, or the host's */
 }

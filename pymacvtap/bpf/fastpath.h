@@ -58,7 +58,8 @@ struct fp_lower {
 	__u8 passthru;  /* passthru_mac names the one endpoint that takes every unicast */
 	__u8 sources;   /* 1: some source-mode endpoint listens here (look in sources) */
 	__u8 passthru_mac[6];
-	__u8 pad2[2];
+	__u8 claims;    /* 1: a macnat endpoint may claim frames for the host: all the daemon's */
+	__u8 pad2;
 };
 
 struct fp_stats {
@@ -67,6 +68,7 @@ struct fp_stats {
 	__u64 tx_packets;
 	__u64 tx_bytes;
 	__u64 drops[FP_DROP_MAX];
+	__u64 not_ours;  /* LowerStats.rx_not_ours: frames for no endpoint, left to the host */
 };
 
 /* What a program decided; also left in skb->cb[0..2] for BPF_PROG_TEST_RUN. */
@@ -75,6 +77,7 @@ enum fp_action {
 	FP_TO_PEER = 1,   /* bpf_redirect_peer: into a container */
 	FP_TO_DEV = 2,    /* bpf_redirect to a device's egress: a tap, the lower, a peer */
 	FP_DROP = 3,
+	FP_HOST = 4,      /* the host's alone: counted here, never shown to the daemon */
 };
 
 #endif

@@ -35,12 +35,12 @@ REASON_BY_CODE = {code: reason for reason, code in DROP_CODES.items()}
 DROP_MAX = 8
 
 # enum fp_action: what a program did with a frame (skb->cb[0] in a test run).
-PASS, TO_PEER, TO_DEV, DROP = 0, 1, 2, 3
+PASS, TO_PEER, TO_DEV, DROP, HOST = 0, 1, 2, 3, 4
 
 _KEY = struct.Struct("<I6s2x")
 _ENDPOINT = struct.Struct("<IIIIBBBBB6sx")
-_LOWER = struct.Struct("<IIBBBB6s2x")
-_STATS = struct.Struct(f"<4Q{DROP_MAX}Q")
+_LOWER = struct.Struct("<IIBBBB6sBx")
+_STATS = struct.Struct(f"<4Q{DROP_MAX}QQ")
 KEY_SIZE, ENDPOINT_SIZE, LOWER_SIZE = _KEY.size, _ENDPOINT.size, _LOWER.size
 
 
@@ -62,6 +62,7 @@ class LowerEntry:
     fast: bool = True
     passthru_mac: bytes | None = None
     sources: bool = False  # some source-mode endpoint listens here: look in ``sources``
+    claims: bool = False  # a macnat endpoint may claim the host's frames: the daemon sees them
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def derive(
             lower_slots[port.name],
             passthru_mac=passthru,
             sources=bool(listened),
+            claims=port.addressing.active,
         )
         for ep in port.endpoints.values():
             device = devices.get(ep.name)
@@ -329,6 +331,7 @@ def pack_lower(lower: LowerEntry) -> bytes:
         passthru is not None,
         lower.sources,
         passthru or bytes(6),
+        lower.claims,
     )
 
 
@@ -364,6 +367,7 @@ class Counters:
     tx_packets: int = 0
     tx_bytes: int = 0
     drops: dict[DropReason, int] = field(default_factory=dict)
+    rx_not_ours: int = 0  # a lower's frames left to the host (LowerStats.rx_not_ours)
 
     def __sub__(self, other: Counters) -> Counters:
         reasons = self.drops.keys() | other.drops.keys()
@@ -373,6 +377,7 @@ class Counters:
             self.tx_packets - other.tx_packets,
             self.tx_bytes - other.tx_bytes,
             {r: self.drops.get(r, 0) - other.drops.get(r, 0) for r in reasons},
+            self.rx_not_ours - other.rx_not_ours,
         )
 
     def add_to(self, stats: EndpointStats | LowerStats) -> None:
@@ -381,6 +386,8 @@ class Counters:
         stats.rx_bytes += self.rx_bytes
         stats.tx_packets += self.tx_packets
         stats.tx_bytes += self.tx_bytes
+        if self.rx_not_ours and isinstance(stats, LowerStats):
+            stats.rx_not_ours += self.rx_not_ours
         for reason, count in self.drops.items():
             if count:
                 setattr(stats, reason.counter, getattr(stats, reason.counter) + count)
@@ -394,7 +401,8 @@ def unpack_stats(raw: bytes, ncpus: int) -> Counters:
     for cpu in range(ncpus):
         if len(raw) < (cpu + 1) * size:
             break
-        rx_p, rx_b, tx_p, tx_b, *drops = _STATS.unpack_from(raw, cpu * size)
+        rx_p, rx_b, tx_p, tx_b, *drops, not_ours = _STATS.unpack_from(raw, cpu * size)
+        total.rx_not_ours += not_ours
         total.rx_packets += rx_p
         total.rx_bytes += rx_b
         total.tx_packets += tx_p

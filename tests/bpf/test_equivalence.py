@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from pymacvtap.bpf.tables import (
     DROP,
+    HOST,
     PASS,
     REASON_BY_CODE,
     TO_DEV,
@@ -62,6 +63,7 @@ class EndpointSpec:
     kind: str  # "peer", "tap" or "socket" (no device: the daemon's)
     capture: bool
     sources: list[bytes]
+    macnat: bool = False  # the daemon's, and its lower's host frames too (it may claim them)
 
 
 @dataclass
@@ -101,6 +103,7 @@ def configs(draw: st.DrawFn) -> Config:
             sources=draw(st.lists(st.sampled_from([*MACS, STRANGER]), max_size=2))
             if listens
             else [],
+            macnat=mode in (Mode.VEPA, Mode.BRIDGE, Mode.PRIVATE) and draw(st.integers(0, 7)) == 0,
         )
 
     if passthru:
@@ -156,6 +159,8 @@ def build(config: Config) -> tuple[Engine, Tables, list[str]]:
         )
         if spec.sources:
             engine.macaddr(name, "set", spec.sources)
+        if spec.macnat:
+            engine.set_macnat(name, True)
         if spec.kind != "socket":
             devices[name] = Device(device_ifindex(i), peer=spec.kind == "peer")
         if spec.capture:
@@ -205,7 +210,12 @@ def engine_counts(engine: Engine) -> dict[str, Counters]:
         (name, ep.stats) for name, ep in engine.endpoints.items()
     ]:
         counts[name] = Counters(
-            stats.rx_packets, stats.rx_bytes, stats.tx_packets, stats.tx_bytes, dict(stats.drops)
+            stats.rx_packets,
+            stats.rx_bytes,
+            stats.tx_packets,
+            stats.tx_bytes,
+            dict(stats.drops),
+            getattr(stats, "rx_not_ours", 0),
         )
     return counts
 
@@ -243,7 +253,12 @@ def left_to_daemon(d: Disposition, spec: FrameSpec, tables: Tables, sender: str 
 
 def nonzero(c: Counters) -> Counters:
     return Counters(
-        c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes, {r: n for r, n in c.drops.items() if n}
+        c.rx_packets,
+        c.rx_bytes,
+        c.tx_packets,
+        c.tx_bytes,
+        {r: n for r, n in c.drops.items() if n},
+        c.rx_not_ours,
     )
 
 
@@ -295,10 +310,27 @@ def check(fastpath: FastPath, config: Config, specs: list[FrameSpec]) -> list[in
         )
         actions.append(action)
         explain = f"{spec} {config} engine={d} program={(verdict, action, ifindex, code)}"
+        # The daemon's socket filter lets through exactly what the programs pass on.  A
+        # test run of a socket filter starts at the network header (AF_PACKET gives it
+        # the whole frame): a stand-in Ethernet header in front is what it skips.
+        shown, *_ = fastpath.test_run(
+            "daemon_filter",
+            bytes(12) + b"\x88\xb5" + raw,
+            ingress_ifindex=ingress,
+            gso_size=spec.gso_size,
+        )
+        assert (shown != 0) == (action == PASS), f"daemon_filter {shown}: {explain}"
         entries = {ep.ifindex: ep for ep in tables.endpoints.values() if ep.ifindex}
         if action == PASS:
             assert verdict == TC_ACT_OK, explain
             assert left_to_daemon(d, spec, tables, sender), explain
+        elif action == HOST:
+            # A unicast frame from the wire for no endpoint: the host's alone.
+            assert verdict == TC_ACT_OK and sender is None, explain
+            assert d.outcome is Outcome.NOT_OURS or (
+                d.outcome is Outcome.DROPPED and d.reason is DropReason.OVERSIZE_FROM_LOWER
+            ), explain
+            assert not any(ep.macnat for ep in engine.endpoints.values()), explain
         elif action == DROP:
             assert verdict == TC_ACT_SHOT, explain
             assert d.outcome is Outcome.DROPPED and d.reason is REASON_BY_CODE[code], explain

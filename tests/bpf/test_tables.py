@@ -25,7 +25,7 @@ from pymacvtap.bpf.tables import (
     withdraw,
 )
 from pymacvtap.core import DropReason, Engine, Mode
-from pymacvtap.core.stats import EndpointStats
+from pymacvtap.core.stats import EndpointStats, LowerStats
 
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
@@ -67,6 +67,9 @@ def test_a_macnat_endpoint_is_the_daemons() -> None:
     tables = derive(engine, {"eth0": 5}, DEVICES)
     assert not tables.endpoints[(5, MAC_A)].fast
     assert tables.devices == {11: (5, MAC_A), 12: (5, MAC_B)}
+    # It may claim frames for the lower's own MAC: the host's frames go to the daemon too.
+    assert tables.lowers[5].claims
+    assert not derive(engine_with_two(), {"eth0": 5}, DEVICES).lowers[5].claims
 
 
 def test_lowers_the_fast_path_does_not_serve_are_left_out() -> None:
@@ -211,10 +214,15 @@ def test_counters_sum_the_cpus_and_fold_into_the_engines() -> None:
     one_cpu = (1).to_bytes(8, "little") + (100).to_bytes(8, "little") + bytes(16)
     drops = bytearray(64)
     drops[8 * 6 : 8 * 7] = (2).to_bytes(8, "little")  # FP_SPOOFED
-    raw = (one_cpu + bytes(drops)) * 2
+    not_ours = (3).to_bytes(8, "little")
+    raw = (one_cpu + bytes(drops) + not_ours) * 2
     counters = unpack_stats(raw, 2)
     assert (counters.rx_packets, counters.rx_bytes) == (2, 200)
     assert counters.drops == {DropReason.SPOOFED: 4}
+    assert counters.rx_not_ours == 6
+    lower = LowerStats()
+    dataclasses.replace(counters, drops={}).add_to(lower)
+    assert (lower.rx_packets, lower.rx_not_ours) == (2, 6)
     stats = EndpointStats()
     counters.add_to(stats)
     assert (stats.rx_packets, stats.tx_dropped, stats.drops) == (2, 4, {DropReason.SPOOFED: 4})

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, ip_json
+from lab import Lab, ip, ip_json
 from lab.daemon import DaemonProcess
-from lab.fixtures import Containers
+from lab.fixtures import LOWER_MAC, SUBNET, Containers
+from pymacvtap.daemon.ebpf import HARVEST_SECONDS
 
 pytestmark = pytest.mark.root
 
@@ -191,3 +192,42 @@ def test_after_sigkill_the_programs_forward_until_a_python_daemon_takes_them_awa
         assert not containers.ping("c1", "c2", count=1)
     finally:
         daemon.signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])
+def test_the_hosts_own_traffic_on_a_lower_is_counted_but_never_read(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """Unicast for the host on a fast-path lower: the programs count it as ``rx_not_ours``
+    and leave it to the host; the daemon reads none of it (it used to read every frame)."""
+    containers.add("c1", "vepa")  # the lower is the daemon's from its first endpoint
+    host_ip = f"{SUBNET}.99"
+    ip(lab.host, "addr", "add", f"{host_ip}/24", "dev", "low0")
+    lab.fdb_static(LOWER_MAC, lab.lowers["low0"].port)
+
+    def not_ours() -> int:
+        (lower,) = json.loads(daemon.cli("-j", "-s", "lower", "show"))
+        return int(lower["stats"]["rx_not_ours"])
+
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.host, "iperf3", "-s", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        counted = not_ours()
+        before, start = cpu_seconds(daemon.pid), time.monotonic()
+        run = subprocess.run(
+            ["ip", "netns", "exec", lab.ext, "iperf3", "-c", host_ip, "-t", "2", "-J"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        used = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - start)
+    finally:
+        server.kill()
+        server.wait()
+    assert run.returncode == 0, run.stderr
+    segments = json.loads(run.stdout)["end"]["sum_received"]["bytes"] // 65536
+    time.sleep(HARVEST_SECONDS + 0.5)  # the programs' counters reach the daemon's
+    assert not_ours() - counted >= segments, "the host's frames were not counted"
+    assert used <= 0.05, f"daemon CPU {used * 100:.1f} % of a core for the host's traffic"
