@@ -3,9 +3,11 @@
  *
  * lower_ingress     Port.from_lower, unicast part   (tc clsact ingress of a lower)
  * endpoint_ingress  Port.from_endpoint, unicast part (tc ingress of a veth peer or tap)
- * daemon_filter     the same decisions, as a socket filter: the daemon's AF_PACKET
- *                   sockets see a frame before tc does, and must not get what the
- *                   programs forward or drop (it would be forwarded or counted twice).
+ * lower_filter      the same decisions, as socket filters on the daemon's AF_PACKET
+ * endpoint_filter   sockets (a lower's, an endpoint device's): they see a frame before
+ *                   tc does, and must not get what the programs forward, drop or leave
+ *                   to the host (it would be forwarded or counted twice).  One each,
+ *                   so neither looks for its device in the other's map first.
  *
  * Everything a program does not decide (group frames, source-mode copies, endpoints
  * the daemon serves, frames it cannot parse) is passed on (TC_ACT_OK) to the host and
@@ -387,16 +389,20 @@ int endpoint_ingress(struct __sk_buff *skb)
 	return act(skb, action, &v);
 }
 
+/* A socket filter returns how much of the frame the socket gets: all of what the
+ * programs pass on, none of what they forward, drop or leave to the host. */
 SEC("socket")
-int daemon_filter(struct __sk_buff *skb)
+int lower_filter(struct __sk_buff *skb)
 {
 	struct verdict v = {};
-	__u32 ifindex = skb->ingress_ifindex;
-	int action;
 
-	if (bpf_map_lookup_elem(&lowers, &ifindex))
-		action = from_lower(skb, &v, 0);
-	else
-		action = from_endpoint(skb, &v, 0);
-	return action == FP_PASS ? skb->len : 0; /* not what was forwarded, dropped, or the host's */
+	return from_lower(skb, &v, 0) == FP_PASS ? skb->len : 0;
+}
+
+SEC("socket")
+int endpoint_filter(struct __sk_buff *skb)
+{
+	struct verdict v = {};
+
+	return from_endpoint(skb, &v, 0) == FP_PASS ? skb->len : 0;
 }

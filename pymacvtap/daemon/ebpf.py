@@ -62,7 +62,7 @@ class EbpfPath(SoftwarePath):
     # -- DataPath ----------------------------------------------------------------------
 
     def attach_lower(self, lower: LowerRuntime) -> None:
-        lower.sock.attach_filter(self.fastpath.prog_fds["daemon_filter"])
+        lower.sock.attach_filter(self.fastpath.prog_fds["lower_filter"])
         super().attach_lower(lower)
         ifindex = lower.sock.ifindex
         self._lower_index[lower.port.name] = ifindex
@@ -81,7 +81,7 @@ class EbpfPath(SoftwarePath):
             device = self._device_of(rt)
             if device is not None:
                 for sock in _sockets(rt):
-                    sock.attach_filter(self.fastpath.prog_fds["daemon_filter"])
+                    sock.attach_filter(self.fastpath.prog_fds["endpoint_filter"])
                 self._attach_tc(device.ifindex, "endpoint_ingress")
                 self._devices[name] = device
         # The maps learn of the device with the link.add event that follows (on_event).
@@ -265,7 +265,7 @@ def _can_attach(fastpath: FastPath) -> bool:
     # AF_UNIX: the systemd unit allows no AF_INET (RestrictAddressFamilies).
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        fastpath.attach_socket(probe)
+        fastpath.attach_socket(probe, "lower")
     except OSError:
         return False
     finally:

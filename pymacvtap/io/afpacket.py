@@ -221,7 +221,7 @@ class DeviceSocket:
     def attach_filter(self, prog_fd: int) -> None:
         """A BPF socket filter (SO_ATTACH_BPF): frames it returns 0 for never reach us.
 
-        The kernel fast path's ``daemon_filter`` (io/bpf.py): what its programs
+        The kernel fast path's socket filter (io/bpf.py): what its programs
         forward must not be forwarded again by the daemon.
         """
         self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd.to_bytes(4, "little"))

@@ -43,7 +43,7 @@ from pymacvtap.bpf.tables import (
     unpack_stats,
 )
 
-PROGRAMS = ("lower_ingress", "endpoint_ingress", "daemon_filter")
+PROGRAMS = ("lower_ingress", "endpoint_ingress", "lower_filter", "endpoint_filter")
 MAPS = ("endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_stats")
 # (name, key size, value size) of the maps tables.py fills (fastpath.h).
 _TABLE_MAPS = (
@@ -352,11 +352,11 @@ class FastPath:
                 return False
         return any(f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS for f in filters)
 
-    def attach_socket(self, sock: socket.socket) -> None:
-        """``daemon_filter`` on ``sock`` (SO_ATTACH_BPF): it no longer sees forwarded frames."""
-        sock.setsockopt(
-            socket.SOL_SOCKET, SO_ATTACH_BPF, self.prog_fds["daemon_filter"].to_bytes(4, "little")
-        )
+    def attach_socket(self, sock: socket.socket, on: str) -> None:
+        """The filter for a socket on a ``"lower"`` or an ``"endpoint"`` device (SO_ATTACH_BPF):
+        it no longer sees what the programs forward, drop or leave to the host."""
+        prog = self.prog_fds[f"{on}_filter"]
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog.to_bytes(4, "little"))
 
 
 def _u32(value: int) -> bytes:

@@ -314,12 +314,12 @@ def check(fastpath: FastPath, config: Config, specs: list[FrameSpec]) -> list[in
         # test run of a socket filter starts at the network header (AF_PACKET gives it
         # the whole frame): a stand-in Ethernet header in front is what it skips.
         shown, *_ = fastpath.test_run(
-            "daemon_filter",
+            "lower_filter" if sender is None else "endpoint_filter",
             bytes(12) + b"\x88\xb5" + raw,
             ingress_ifindex=ingress,
             gso_size=spec.gso_size,
         )
-        assert (shown != 0) == (action == PASS), f"daemon_filter {shown}: {explain}"
+        assert (shown != 0) == (action == PASS), f"filter {shown}: {explain}"
         entries = {ep.ifindex: ep for ep in tables.endpoints.values() if ep.ifindex}
         if action == PASS:
             assert verdict == TC_ACT_OK, explain

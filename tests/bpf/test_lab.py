@@ -110,7 +110,7 @@ def daemon_socket(lab: Lab, ifname: str, fastpath: FastPath | None) -> PacketSoc
     sock = PacketSocket(lab.host, ifname)
     sock.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     if fastpath is not None:
-        fastpath.attach_socket(sock.sock)
+        fastpath.attach_socket(sock.sock, "lower" if ifname == LOWER else "endpoint")
     return sock
 
 
