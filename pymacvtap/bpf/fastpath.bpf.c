@@ -390,12 +390,17 @@ int endpoint_ingress(struct __sk_buff *skb)
 }
 
 /* A socket filter returns how much of the frame the socket gets: all of what the
- * programs pass on, none of what they forward, drop or leave to the host. */
+ * programs pass on, none of what they forward, drop or leave to the host.  Never a
+ * frame leaving the device: the daemon's sockets ignore their device's outgoing
+ * frames, but a fanout group (a multi-queue VM tap) on a kernel before 6.7 cannot,
+ * and a frame a program redirected to the tap would come back as the VM's own. */
 SEC("socket")
 int lower_filter(struct __sk_buff *skb)
 {
 	struct verdict v = {};
 
+	if (skb->pkt_type == PACKET_OUTGOING)
+		return 0;
 	return from_lower(skb, &v, 0) == FP_PASS ? skb->len : 0;
 }
 
@@ -404,5 +409,7 @@ int endpoint_filter(struct __sk_buff *skb)
 {
 	struct verdict v = {};
 
+	if (skb->pkt_type == PACKET_OUTGOING)
+		return 0;
 	return from_endpoint(skb, &v, 0) == FP_PASS ? skb->len : 0;
 }

@@ -58,6 +58,7 @@ PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
 PACKET_FANOUT_QM = 5  # spread by the receive queue the frame was recorded on
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # Linux 6.7+
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_MULTICAST = 0
@@ -215,8 +216,20 @@ class DeviceSocket:
         arrived on receive queue *i*: on a multi-queue tap, the frames the VM
         wrote to its queue *i*, which is how per-queue counters are kept
         without holding one of the VM's queues.
+
+        A fanout group has its own hook, which would see frames leaving the device
+        (PACKET_IGNORE_OUTGOING is the socket's, not the group's) unless it is made with
+        PACKET_FANOUT_FLAG_IGNORE_OUTGOING; a kernel older than 6.7 refuses the flag and
+        the group is made without it (the fast path's filters drop outgoing frames too).
         """
-        self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (group_id & 0xFFFF) | (mode << 16))
+        arg = (group_id & 0xFFFF) | (mode << 16)
+        try:
+            flags = PACKET_FANOUT_FLAG_IGNORE_OUTGOING << 16
+            self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, arg | flags)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
 
     def attach_filter(self, prog_fd: int) -> None:
         """A BPF socket filter (SO_ATTACH_BPF): frames it returns 0 for never reach us.
