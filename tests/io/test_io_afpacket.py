@@ -137,6 +137,27 @@ def test_host_transmissions_are_not_received(veth: Veth) -> None:
     cap.close()
 
 
+def test_a_fanout_group_does_not_see_frames_leaving_the_device(veth: Veth) -> None:
+    """A fanout group (a multi-queue VM tap's sockets) has a packet hook of its own: the
+    members' PACKET_IGNORE_OUTGOING does not reach it, the group's flag must."""
+    other = RawSocket(veth.ns_b, veth.b)  # someone else sending out of vb: the host, a program
+    inj = RawSocket(veth.ns_a, veth.a)
+    group = [_lower(veth.ns_b, veth.b) for _ in range(2)]
+    try:
+        for sock in group:
+            sock.join_fanout(4321)
+        other.send(eth_frame(FOREIGN, SRC, b"leaving".ljust(46, b".")))
+        inj.send(eth_frame(b"\xff" * 6, SRC, b"arriving".ljust(46, b".")))
+        time.sleep(0.2)
+        got = [f.data[14:22] for sock in group for f in _ours(sock.recv_batch(64))]
+        assert got == [b"arriving"]
+    finally:
+        for sock in group:
+            sock.close()
+        other.close()
+        inj.close()
+
+
 def test_oversize_frame_is_rejected(veth: Veth) -> None:
     with _lower(veth.ns_b, veth.b) as lower:
         with pytest.raises(FrameRejected):
