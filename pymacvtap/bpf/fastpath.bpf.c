@@ -392,8 +392,9 @@ int endpoint_ingress(struct __sk_buff *skb)
 /* A socket filter returns how much of the frame the socket gets: all of what the
  * programs pass on, none of what they forward, drop or leave to the host.  Never a
  * frame leaving the device: the daemon's sockets ignore their device's outgoing
- * frames, but a fanout group (a multi-queue VM tap) on a kernel before 6.7 cannot,
- * and a frame a program redirected to the tap would come back as the VM's own. */
+ * frames, but a fanout group (a multi-queue VM tap) cannot on a kernel without
+ * PACKET_FANOUT_FLAG_IGNORE_OUTGOING, and a frame a program redirected to the tap
+ * would come back as the VM's own. */
 SEC("socket")
 int lower_filter(struct __sk_buff *skb)
 {

@@ -58,7 +58,7 @@ PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
 PACKET_FANOUT_QM = 5  # spread by the receive queue the frame was recorded on
-PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # Linux 6.7+
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # recent kernels only (6.18 has it)
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_MULTICAST = 0
@@ -219,8 +219,9 @@ class DeviceSocket:
 
         A fanout group has its own hook, which would see frames leaving the device
         (PACKET_IGNORE_OUTGOING is the socket's, not the group's) unless it is made with
-        PACKET_FANOUT_FLAG_IGNORE_OUTGOING; a kernel older than 6.7 refuses the flag and
-        the group is made without it (the fast path's filters drop outgoing frames too).
+        PACKET_FANOUT_FLAG_IGNORE_OUTGOING.  A kernel without the flag refuses it (the
+        group is then made without it) or ignores it; the fast path's socket filters drop
+        outgoing frames too.
         """
         arg = (group_id & 0xFFFF) | (mode << 16)
         try:
