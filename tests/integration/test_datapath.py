@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,31 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf_daemon_cpu(
+    daemon: DaemonProcess, server_ns: str, client_ns: str, address: str, seconds: int
+) -> tuple[dict[str, Any], float]:
+    """A TCP iperf3 run from ``client_ns`` to ``address`` (served in ``server_ns``): its
+    JSON report's ``end``, and the daemon's CPU meanwhile, as a share of one core."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        before, start = cpu_seconds(daemon.pid), time.monotonic()
+        run = subprocess.run(
+            ["ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J"],
+            capture_output=True, text=True, check=False, timeout=30,
+        )  # fmt: skip
+        used = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - start)
+    finally:
+        server.kill()
+        server.wait()
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)["end"], used
 
 
 @pytest.mark.parametrize("datapath", ["ebpf"])
@@ -107,25 +133,8 @@ def test_a_fast_path_tcp_run_leaves_the_daemon_idle(
     containers.add("c1", "bridge")
     ns2 = containers.add("c2", "bridge")
     assert containers.ping("c1", "c2")
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns2, "iperf3", "-s", "-1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        before, start = cpu_seconds(daemon.pid), time.monotonic()
-        run = subprocess.run(
-            ["ip", "netns", "exec", containers.ns_of("c1"), "iperf3", "-c",
-             containers.address["c2"], "-t", "3", "-J"],
-            capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
-        used = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - start)
-    finally:
-        server.kill()
-        server.wait()
-    assert run.returncode == 0, run.stderr
-    gbits = json.loads(run.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    end, used = iperf_daemon_cpu(daemon, ns2, containers.ns_of("c1"), containers.address["c2"], 3)
+    gbits = end["sum_received"]["bits_per_second"] / 1e9
     print(f"fast path TCP {gbits:.1f} Gbit/s, daemon CPU {used * 100:.1f} % of a core")
     assert used <= 0.05, f"daemon CPU {used * 100:.1f} % of a core during {gbits:.1f} Gbit/s"
     assert daemon.show("c1")["datapath"] == "ebpf"
@@ -209,25 +218,9 @@ def test_the_hosts_own_traffic_on_a_lower_is_counted_but_never_read(
         (lower,) = json.loads(daemon.cli("-j", "-s", "lower", "show"))
         return int(lower["stats"]["rx_not_ours"])
 
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", lab.host, "iperf3", "-s", "-1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        counted = not_ours()
-        before, start = cpu_seconds(daemon.pid), time.monotonic()
-        run = subprocess.run(
-            ["ip", "netns", "exec", lab.ext, "iperf3", "-c", host_ip, "-t", "2", "-J"],
-            capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
-        used = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - start)
-    finally:
-        server.kill()
-        server.wait()
-    assert run.returncode == 0, run.stderr
-    segments = json.loads(run.stdout)["end"]["sum_received"]["bytes"] // 65536
+    counted = not_ours()
+    end, used = iperf_daemon_cpu(daemon, lab.host, lab.ext, host_ip, 2)
+    segments = end["sum_received"]["bytes"] // 65536
     time.sleep(HARVEST_SECONDS + 0.5)  # the programs' counters reach the daemon's
     assert not_ours() - counted >= segments, "the host's frames were not counted"
     assert used <= 0.05, f"daemon CPU {used * 100:.1f} % of a core for the host's traffic"
