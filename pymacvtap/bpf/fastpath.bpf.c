@@ -3,19 +3,22 @@
  *
  * lower_ingress     Port.from_lower, unicast part   (tc clsact ingress of a lower)
  * endpoint_ingress  Port.from_endpoint, unicast part (tc ingress of a veth peer or tap)
- * lower_filter      the same decisions, as socket filters on the daemon's AF_PACKET
- * endpoint_filter   sockets (a lower's, an endpoint device's): they see a frame before
- *                   tc does, and must not get what the programs forward, drop or leave
- *                   to the host (it would be forwarded or counted twice).  One each,
- *                   so neither looks for its device in the other's map first.
+ * inbox_ingress     drops what reaches the daemon's inbox device, once the daemon's
+ *                   socket there has it (the host stack has no use for it)
  *
  * Everything a program does not decide (group frames, source-mode copies, endpoints
- * the daemon serves, frames it cannot parse) is passed on (TC_ACT_OK) to the host and
- * the daemon, which decides as the Python data path does.  A unicast frame from the
- * wire for no endpoint goes to the host alone: the program counts it as the engine
- * would, and the daemon never reads the host's own traffic.  The tables are written by
- * pymacvtap/bpf/tables.py from the engine; BPF_PROG_TEST_RUN proves the two agree
- * (tests/bpf).  A program's decision is also left in skb->cb[0..2] for those tests.
+ * the daemon serves, frames it cannot parse) is the daemon's, which decides as the
+ * Python data path does.  The program hands it over on the daemon's inbox device
+ * (redirected into its ingress, where the daemon's one AF_PACKET socket reads it),
+ * labelled with a VLAN tag in skb metadata naming the device it came from: so the
+ * daemon has no receiving socket on the devices that forward, and a frame the
+ * programs forward costs it nothing, not even a socket filter's look.  A frame from
+ * a lower goes to the host as well (a copy is handed over); one from an endpoint's
+ * device is the daemon's alone.  A unicast frame from the wire for no endpoint goes
+ * to the host alone: the program counts it as the engine would.  The tables are
+ * written by pymacvtap/bpf/tables.py from the engine; BPF_PROG_TEST_RUN proves the
+ * two agree (tests/bpf).  A program's decision is also left in skb->cb[0..2] for
+ * those tests.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -62,6 +65,22 @@ struct {
 	__type(key, struct fp_key);
 	__type(value, __u8);
 } sources SEC(".maps");
+
+/* The daemon's inbox device (ifindex; 0: none, the frames go on as without programs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} inbox SEC(".maps");
+
+/* Every device a program runs on (ifindex) -> how its frames are labelled for the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_LOWERS + FP_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct fp_label);
+} labels SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -157,19 +176,16 @@ static __always_inline int oversize(struct __sk_buff *skb, __u32 mtu, __u16 prot
 	return (__u32)seg > mtu;
 }
 
-/* The Ethernet header.  tc programs read the packet directly (a helper call less
- * per frame); a socket filter may not, and goes through the helper.  ``tc`` is a
- * constant at every call, so each program keeps only its own branch. */
-static __always_inline int load_eth(struct __sk_buff *skb, struct ethhdr *eth, const int tc)
+/* The Ethernet header, read from the packet directly (a helper call less per frame)
+ * when the linear part holds it. */
+static __always_inline int load_eth(struct __sk_buff *skb, struct ethhdr *eth)
 {
-	if (tc) {
-		void *data = (void *)(long)skb->data;
-		void *end = (void *)(long)skb->data_end;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 
-		if (data + sizeof(*eth) <= end) {
-			__builtin_memcpy(eth, data, sizeof(*eth));
-			return 0;
-		}
+	if (data + sizeof(*eth) <= end) {
+		__builtin_memcpy(eth, data, sizeof(*eth));
+		return 0;
 	}
 	return bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth));
 }
@@ -188,7 +204,7 @@ static __always_inline int to_endpoint(struct verdict *v, struct fp_endpoint *ep
 }
 
 /* Port.from_lower -> _receive, for unicast. */
-static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v, const int tc)
+static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct fp_lower *lower = bpf_map_lookup_elem(&lowers, &ifindex);
@@ -198,7 +214,7 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v, 
 	if (!lower || !lower->fast)
 		return FP_PASS;
 	v->lower = lower;
-	if (load_eth(skb, &eth, tc))
+	if (load_eth(skb, &eth))
 		return FP_PASS; /* a runt: the daemon counts it */
 	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
 	if (over < 0)
@@ -239,7 +255,7 @@ static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v, 
 }
 
 /* Port.from_endpoint, for unicast. */
-static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *v, const int tc)
+static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *v)
 {
 	__u32 ifindex = skb->ingress_ifindex;
 	struct fp_endpoint *ep = bpf_map_lookup_elem(&devices, &ifindex);
@@ -254,7 +270,7 @@ static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *
 	if (!lower || !lower->fast)
 		return FP_PASS;
 	v->lower = lower;
-	if (load_eth(skb, &eth, tc))
+	if (load_eth(skb, &eth))
 		return FP_PASS;
 	int over = oversize(skb, ep->mtu, bpf_ntohs(eth.h_proto));
 	if (over < 0)
@@ -326,7 +342,35 @@ static __always_inline void count_not_ours(__u32 slot)
 		s->not_ours++;
 }
 
-static __always_inline int act(struct __sk_buff *skb, int action, struct verdict *v)
+/* Hand a frame to the daemon: labelled (a VLAN tag in skb metadata, see fastpath.h),
+ * into the ingress of its inbox device.  From a lower the host keeps the frame too (a
+ * copy goes, and the label comes off again); from an endpoint's device it is the
+ * daemon's alone.  With no inbox or no label (a device the daemon is still setting
+ * up) the frame goes on as if no program were there. */
+static __always_inline int to_daemon(struct __sk_buff *skb, const int from_lower)
+{
+	__u32 zero = 0, ifindex = skb->ingress_ifindex;
+	__u32 *target = bpf_map_lookup_elem(&inbox, &zero);
+	struct fp_label *label = bpf_map_lookup_elem(&labels, &ifindex);
+
+	if (!target || !*target || !label)
+		return TC_ACT_OK;
+	__u16 tci = label->id & (FP_MAX_LABELS - 1);
+	if (label->queued && skb->queue_mapping)
+		tci |= ((skb->queue_mapping - 1) & 0xf) << FP_LABEL_BITS;
+	__be16 proto = bpf_htons(label->endpoint ? ETH_P_8021AD_ : ETH_P_8021Q_);
+	if (bpf_skb_vlan_push(skb, proto, tci))
+		return TC_ACT_OK;
+	skb->cb[1] = *target;
+	if (!from_lower)
+		return bpf_redirect(*target, BPF_F_INGRESS);
+	bpf_clone_redirect(skb, *target, BPF_F_INGRESS);
+	bpf_skb_vlan_pop(skb);
+	return TC_ACT_OK;
+}
+
+static __always_inline int act(struct __sk_buff *skb, int action, struct verdict *v,
+			       const int from_lower)
 {
 	skb->cb[0] = action;
 	skb->cb[1] = v->ifindex;
@@ -345,18 +389,18 @@ static __always_inline int act(struct __sk_buff *skb, int action, struct verdict
 	case FP_HOST:
 		return TC_ACT_OK;
 	}
-	return TC_ACT_OK;
+	return to_daemon(skb, from_lower);
 }
 
 SEC("tc")
 int lower_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
-	int action = from_lower(skb, &v, 1);
+	int action = from_lower(skb, &v);
 	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.lower)
-		return act(skb, FP_PASS, &v);
+		return act(skb, FP_PASS, &v, 1);
 	/* The lower counts every frame it decides, as Port.from_lower does. */
 	count_rx(&lower_stats, v.lower->slot, len);
 	if (v.reason) /* FP_DROP, or an oversize frame left to the host */
@@ -365,52 +409,34 @@ int lower_ingress(struct __sk_buff *skb)
 		count_not_ours(v.lower->slot);
 	else if (v.to)
 		count_rx(&endpoint_stats, v.to->slot, len);
-	return act(skb, action, &v);
+	return act(skb, action, &v, 1);
 }
 
 SEC("tc")
 int endpoint_ingress(struct __sk_buff *skb)
 {
 	struct verdict v = {};
-	int action = from_endpoint(skb, &v, 1);
+	int action = from_endpoint(skb, &v);
 	__u32 len = skb->len + stripped_tag(skb);
 
 	if (action == FP_PASS || !v.from || !v.lower)
-		return act(skb, FP_PASS, &v);
+		return act(skb, FP_PASS, &v, 0);
 	if (action == FP_DROP) {
 		count_drop(&endpoint_stats, v.from->slot, v.reason);
-		return act(skb, action, &v);
+		return act(skb, action, &v, 0);
 	}
 	count_tx(&endpoint_stats, v.from->slot, len);
 	if (v.to)
 		count_rx(&endpoint_stats, v.to->slot, len);
 	else
 		count_tx(&lower_stats, v.lower->slot, len);
-	return act(skb, action, &v);
+	return act(skb, action, &v, 0);
 }
 
-/* A socket filter returns how much of the frame the socket gets: all of what the
- * programs pass on, none of what they forward, drop or leave to the host.  Never a
- * frame leaving the device: the daemon's sockets ignore their device's outgoing
- * frames, but a fanout group (a multi-queue VM tap) cannot on a kernel without
- * PACKET_FANOUT_FLAG_IGNORE_OUTGOING, and a frame a program redirected to the tap
- * would come back as the VM's own. */
-SEC("socket")
-int lower_filter(struct __sk_buff *skb)
+/* The daemon's socket on the inbox has seen the frame (AF_PACKET taps come before tc):
+ * nothing else in this namespace is to see it. */
+SEC("tc")
+int inbox_ingress(struct __sk_buff *skb)
 {
-	struct verdict v = {};
-
-	if (skb->pkt_type == PACKET_OUTGOING)
-		return 0;
-	return from_lower(skb, &v, 0) == FP_PASS ? skb->len : 0;
-}
-
-SEC("socket")
-int endpoint_filter(struct __sk_buff *skb)
-{
-	struct verdict v = {};
-
-	if (skb->pkt_type == PACKET_OUTGOING)
-		return 0;
-	return from_endpoint(skb, &v, 0) == FP_PASS ? skb->len : 0;
+	return TC_ACT_SHOT;
 }

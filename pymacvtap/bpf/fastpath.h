@@ -71,9 +71,22 @@ struct fp_stats {
 	__u64 not_ours;  /* LowerStats.rx_not_ours: frames for no endpoint, left to the host */
 };
 
+/* How a frame the daemon must see is labelled on its way to the daemon's inbox device:
+ * a VLAN tag pushed in front (802.1Q for a lower, 802.1ad for an endpoint's device),
+ * whose TCI is the device's label.  ``queued``: a multi-queue tap, whose receive queue
+ * goes in the TCI's top four bits. */
+#define FP_LABEL_BITS 12
+#define FP_MAX_LABELS (1 << FP_LABEL_BITS)
+
+struct fp_label {
+	__u16 id;
+	__u8 endpoint;  /* 1: an endpoint's device (802.1ad); 0: a lower (802.1Q) */
+	__u8 queued;
+};
+
 /* What a program decided; also left in skb->cb[0..2] for BPF_PROG_TEST_RUN. */
 enum fp_action {
-	FP_PASS = 0,      /* the host and the daemon see it (not ours, or not decidable) */
+	FP_PASS = 0,      /* the daemon's (and, from a lower, the host's): not decidable here */
 	FP_TO_PEER = 1,   /* bpf_redirect_peer: into a container */
 	FP_TO_DEV = 2,    /* bpf_redirect to a device's egress: a tap, the lower, a peer */
 	FP_DROP = 3,

@@ -4,9 +4,10 @@
 the programs of :mod:`pymacvtap.io.bpf` in front of it.  The programs sit on
 the ingress of each lower and of each endpoint's daemon-side device (a
 container's veth peer, a VM's tap in the daemon's namespace) and forward the
-unicast they can decide; everything else they pass on, and the daemon's
-AF_PACKET sockets, which carry the programs' socket filter, receive exactly
-that and handle it as the Python data path does.
+unicast they can decide; everything else they hand to the daemon on its inbox
+(:mod:`pymacvtap.daemon.inbox`), labelled with the device it came from, and the
+daemon handles it as the Python data path does.  The daemon's sockets on those
+devices only send: they are not on the devices' receive paths at all.
 
 The maps are kept equal to the engine: after every change the daemon makes
 (each event it emits, i.e. before a control verb answers; a capture starting
@@ -27,17 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
+from collections.abc import Callable
 from typing import Any
 
 from pymacvtap.bpf.tables import Counters, Device, Tables, changes, derive
 from pymacvtap.core.engine import Engine
-from pymacvtap.daemon.datapath import SoftwarePath
+from pymacvtap.daemon.datapath import RX_BATCH, SoftwarePath
+from pymacvtap.daemon.inbox import Inbox, key_of, remove_left_inboxes
 from pymacvtap.daemon.runtime import EndpointRuntime, LowerRuntime
 from pymacvtap.frontends.veth import VethFrontend
 from pymacvtap.frontends.vmtap import VmTapFrontend
 from pymacvtap.io.afpacket import DeviceSocket
-from pymacvtap.io.bpf import BpfError, FastPath
+from pymacvtap.io.bpf import LABEL_BITS, BpfError, FastPath
 from pymacvtap.io.loop import Loop
 
 log = logging.getLogger("pymacvtap")
@@ -48,7 +50,7 @@ HARVEST_SECONDS = 1.0
 class EbpfPath(SoftwarePath):
     """The software path, with the kernel forwarding what its programs can decide."""
 
-    def __init__(self, loop: Loop, engine: Engine, fastpath: FastPath) -> None:
+    def __init__(self, loop: Loop, engine: Engine, fastpath: FastPath, inbox: Inbox) -> None:
         super().__init__(loop)
         self.engine = engine
         self.fastpath = fastpath
@@ -57,15 +59,23 @@ class EbpfPath(SoftwarePath):
         self._devices: dict[str, Device] = {}
         # What each counter slot held at the last harvest, per map.
         self._seen: dict[tuple[str, int], Counters] = {}
+        # The inbox: what the programs hand over, by label (inbox.key_of).
+        self.inbox = inbox
+        self._senders: dict[int, LowerRuntime | EndpointRuntime] = {}
+        self.inbox_unknown = 0  # frames with no label, or one no device has (any more)
+        fastpath.attach(inbox.ifindex, "inbox_ingress")
+        fastpath.set_inbox(inbox.ifindex)
         loop.call_later(HARVEST_SECONDS, self._tick)
 
     # -- DataPath ----------------------------------------------------------------------
 
     def attach_lower(self, lower: LowerRuntime) -> None:
-        lower.sock.attach_filter(self.fastpath.prog_fds["lower_filter"])
-        super().attach_lower(lower)
+        # The lower's socket keeps its memberships and sends; the inbox receives.
+        lower.sock.stop_receiving()
+        self.lowers[lower.port.name] = lower
         ifindex = lower.sock.ifindex
         self._lower_index[lower.port.name] = ifindex
+        self._label(ifindex, lower.port.name, lower, endpoint=False, queued=False)
         self._attach_tc(ifindex, "lower_ingress")
 
     def detach_lower(self, lower: LowerRuntime) -> None:
@@ -73,6 +83,7 @@ class EbpfPath(SoftwarePath):
         self.sync()
         if ifindex is not None:
             self._detach_tc(ifindex)
+            self._unlabel(ifindex, lower.port.name, endpoint=False)
         super().detach_lower(lower)
 
     def attach_endpoint(self, rt: EndpointRuntime) -> None:
@@ -80,8 +91,11 @@ class EbpfPath(SoftwarePath):
         if name not in self._devices:
             device = self._device_of(rt)
             if device is not None:
-                for sock in _sockets(rt):
-                    sock.attach_filter(self.fastpath.prog_fds["endpoint_filter"])
+                frontend = rt.frontend
+                assert isinstance(frontend, VethFrontend | VmTapFrontend)
+                queued = isinstance(frontend, VmTapFrontend) and frontend.queues > 1
+                label = self._label(device.ifindex, name, rt, endpoint=True, queued=queued)
+                frontend.stop_reading(lambda: self.inbox.missed(label))
                 self._attach_tc(device.ifindex, "endpoint_ingress")
                 self._devices[name] = device
         # The maps learn of the device with the link.add event that follows (on_event).
@@ -93,8 +107,64 @@ class EbpfPath(SoftwarePath):
             # Its frames are the daemon's before its device goes.
             self.sync()
             self._detach_tc(device.ifindex)
+            self._unlabel(device.ifindex, rt.cfg.name, endpoint=True)
             rt.datapath = "python"
         super().detach_endpoint(rt)
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    def _label(
+        self,
+        ifindex: int,
+        name: str,
+        sender: LowerRuntime | EndpointRuntime,
+        *,
+        endpoint: bool,
+        queued: bool,
+    ) -> int:
+        label, new = self.inbox.give(name, endpoint=endpoint)
+        if new is not None:
+            self.loop.add_reader(new.fileno(), self._inbox_reader(new))
+        self._senders[key_of(endpoint, label)] = sender
+        self.fastpath.set_label(ifindex, label, endpoint=endpoint, queued=queued)
+        return label
+
+    def _unlabel(self, ifindex: int, name: str, *, endpoint: bool) -> None:
+        with contextlib.suppress(OSError):
+            self.fastpath.delete_label(ifindex)
+        label = self.inbox.take_back(name, endpoint=endpoint)
+        if label is not None:
+            self._senders.pop(key_of(endpoint, label), None)
+
+    def _inbox_reader(self, inbox: DeviceSocket) -> Callable[[], None]:
+        def on_readable() -> None:
+            self._read_inbox(inbox)
+
+        return on_readable
+
+    def _read_inbox(self, inbox: DeviceSocket) -> None:
+        """What the programs left to the daemon, each frame to its sender's port."""
+        frames = inbox.recv_batch(RX_BATCH)
+        labels = inbox.labels
+        assert labels is not None
+        senders = self._senders
+        queue_mask = ~(0xF << LABEL_BITS)
+        for frame, label in zip(frames, labels, strict=True):
+            sender = senders.get(label & queue_mask) if label >= 0 else None
+            if sender is None:
+                self.inbox_unknown += 1
+            elif isinstance(sender, LowerRuntime):
+                sender.port.forward_from_lower(frame)
+            else:
+                port = sender.ep.port
+                if port is None:
+                    continue
+                frontend = sender.frontend
+                if isinstance(frontend, VmTapFrontend):
+                    frontend.from_guest((label >> LABEL_BITS) & 0xF, frame)
+                if sender.captures is not None:
+                    self._captured(sender, "tx", [frame])
+                port.forward_from_endpoint(sender.ep, frame)
 
     # -- the maps ------------------------------------------------------------------------
 
@@ -190,11 +260,16 @@ class EbpfPath(SoftwarePath):
             self.fastpath.detach(ifindex)
 
     def close(self) -> None:
-        """Stop: every program detached (by the detach calls before), the maps released."""
+        """Stop: every program detached (by the detach calls before), the maps released,
+        the inbox gone."""
         for ifindex in list(self._lower_index.values()):
             self._detach_tc(ifindex)
         for device in self._devices.values():
             self._detach_tc(device.ifindex)
+        for sock in self.inbox.sockets:
+            self.loop.forget(sock.fileno())
+        self._detach_tc(self.inbox.ifindex)
+        self.inbox.close()
         self.fastpath.close()
 
 
@@ -224,15 +299,6 @@ def _remove_leftover(ifindex: int) -> None:
             FastPath.detach(ifindex)
 
 
-def _sockets(rt: EndpointRuntime) -> list[DeviceSocket]:
-    frontend = rt.frontend
-    if isinstance(frontend, VethFrontend):
-        return [frontend.sock]
-    if isinstance(frontend, VmTapFrontend):
-        return list(frontend.socks)
-    return []
-
-
 def choose(choice: str, loop: Loop, engine: Engine) -> SoftwarePath:
     """The data path ``--datapath choice`` asks for; ``auto`` says in one log line why."""
     if choice == "python":
@@ -245,29 +311,25 @@ def choose(choice: str, loop: Loop, engine: Engine) -> SoftwarePath:
             raise BpfError(f"--datapath ebpf: {exc}") from None
         log.info("data path: python (auto: the eBPF fast path cannot load: %s)", exc)
         return PythonPath(loop)
-    if not _can_attach(fastpath):
+    try:
+        remove_left_inboxes()
+        inbox = Inbox.open()
+    except OSError as exc:
         fastpath.close()
-        reason = "no permission to attach a socket filter (CAP_NET_ADMIN, CAP_BPF)"
+        reason = f"cannot make its inbox device (CAP_NET_ADMIN): {exc.strerror or exc}"
         if choice == "ebpf":
-            raise BpfError(f"--datapath ebpf: {reason}")
+            raise BpfError(f"--datapath ebpf: {reason}") from None
         log.info("data path: python (auto: %s)", reason)
         return PythonPath(loop)
+    try:
+        path = EbpfPath(loop, engine, fastpath, inbox)
+    except BaseException:
+        inbox.close()
+        fastpath.close()
+        raise
     log.info("data path: ebpf (the fast path's programs loaded; %s)", _why(choice))
-    return EbpfPath(loop, engine, fastpath)
+    return path
 
 
 def _why(choice: str) -> str:
     return "--datapath ebpf" if choice == "ebpf" else "auto"
-
-
-def _can_attach(fastpath: FastPath) -> bool:
-    """Loading is not everything: a socket filter must attach (a cheap probe of the privilege)."""
-    # AF_UNIX: the systemd unit allows no AF_INET (RestrictAddressFamilies).
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        fastpath.attach_socket(probe, "lower")
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True

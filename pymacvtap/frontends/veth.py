@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 
 from pymacvtap.core.frame import Frame
 from pymacvtap.frontends.base import WRITE_BUDGET, FrontendDefaults
@@ -58,6 +59,7 @@ class VethFrontend(FrontendDefaults):
         self.sock = sock
         self.dropped = 0  # frames the peer refused (down)
         self.errors = 0
+        self._missed_elsewhere: Callable[[], int] | None = None
 
     @classmethod
     def create(
@@ -88,11 +90,14 @@ class VethFrontend(FrontendDefaults):
 
     @property
     def missed(self) -> int:
-        """Frames the container sent that the peer's socket had no room for.
+        """Frames the container sent that the daemon's socket had no room for.
 
         A tap's queue refused them, and the container's netdev counted them as its
-        tx_dropped; a veth hands every frame to its peer, so the socket is where they go.
+        tx_dropped; a veth hands every frame to its peer, so the socket is where they go
+        (on the fast path, the daemon's socket for this peer on its inbox).
         """
+        if self._missed_elsewhere is not None:
+            return self._missed_elsewhere()
         return self.sock.stats()["drops"]
 
     def moved(self, ifname: str, netns: str | None) -> None:
@@ -104,8 +109,15 @@ class VethFrontend(FrontendDefaults):
         """Carrier follows the lower, as a kernel macvlan's does: the peer's admin state."""
         netlink.set_link(self.peer, None, up=on)
 
+    def stop_reading(self, missed: Callable[[], int]) -> None:
+        """The fast path hands the daemon this peer's frames on its inbox (``missed`` counts
+        what it had no room for there): keep the socket for writing only, off the peer's
+        receive path."""
+        self.sock.stop_receiving()
+        self._missed_elsewhere = missed
+
     def readable_fds(self) -> list[int]:
-        return [self.sock.fileno()]
+        return [self.sock.fileno()] if self.sock.receiving else []
 
     def read(self, fd: int, budget: int) -> list[Frame]:
         return self.sock.recv_batch(budget)

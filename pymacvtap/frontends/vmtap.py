@@ -15,12 +15,16 @@ owned by the endpoint's owner/group, so QEMU run by that user can open it by
 name (``-netdev tap,ifname=``), and it survives a daemon restart with the VM
 still attached.  With several queues, one socket per queue joins a
 queue-mapped fanout group: socket *i* sees the frames of the guest's queue *i*.
+On the fast path (:meth:`VmTapFrontend.stop_reading`) one socket, for writing
+only, is left: the daemon gets the guest's frames on its inbox, each with the
+queue it came on.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 
 from pymacvtap.core.frame import Frame
 from pymacvtap.core.mac import format_mac
@@ -43,10 +47,11 @@ class VmTapFrontend(FrontendDefaults):
         self.queues = queues
         self.socks = socks
         self._by_fd = {s.fileno(): i for i, s in enumerate(socks)}
-        self.queue_frames = [0] * len(socks)  # frames from the guest, per queue
-        self.queue_bytes = [0] * len(socks)
+        self.queue_frames = [0] * queues  # frames from the guest, per queue
+        self.queue_bytes = [0] * queues
         self.dropped = 0
         self.errors = 0
+        self._missed_elsewhere: Callable[[], int] | None = None
 
     @classmethod
     def create(
@@ -111,8 +116,34 @@ class VmTapFrontend(FrontendDefaults):
         )
         return tap.detach_fds()
 
+    @property
+    def missed(self) -> int:
+        """Frames of the guest the daemon's socket had no room for (counted on the fast
+        path's inbox; the queue sockets' drops are not kept)."""
+        return 0 if self._missed_elsewhere is None else self._missed_elsewhere()
+
+    def stop_reading(self, missed: Callable[[], int]) -> None:
+        """The fast path hands the daemon the guest's frames on its inbox (``missed`` counts
+        what it had no room for there): one socket is kept, for writing only and off the
+        tap's receive path (a fanout group's member cannot leave it, so a new one)."""
+        self._missed_elsewhere = missed
+        if self.socks and not self.socks[0].receiving:
+            return
+        with entered(self.netns):
+            sock = DeviceSocket(self.ifname, receive=False)
+        for old in self.socks:
+            old.close()
+        self.socks = [sock]
+        self._by_fd = {}
+
+    def from_guest(self, queue: int, frame: Frame) -> None:
+        """Count a frame the guest sent on ``queue``, handed over by the fast path."""
+        if 0 <= queue < self.queues:
+            self.queue_frames[queue] += 1
+            self.queue_bytes[queue] += len(frame.data)
+
     def readable_fds(self) -> list[int]:
-        return [s.fileno() for s in self.socks]
+        return [s.fileno() for s in self.socks if s.receiving]
 
     def read(self, fd: int, budget: int) -> list[Frame]:
         index = self._by_fd.get(fd)
@@ -135,7 +166,7 @@ class VmTapFrontend(FrontendDefaults):
     def queue_stats(self) -> list[dict[str, int]]:
         return [
             {"queue": i, "tx_packets": self.queue_frames[i], "tx_bytes": self.queue_bytes[i]}
-            for i in range(len(self.socks))
+            for i in range(self.queues)
         ]
 
     def moved(self, ifname: str, netns: str | None) -> None:

@@ -24,6 +24,14 @@ like that hook rather than like a sniffer:
   alone would lose it.  The tag is taken from the ancillary data and put back,
   as the kernel's macvtap does on read.
 
+A socket made with ``labelled`` reads frames whose stripped tag is not part of
+the frame but a label its sender put there (the fast path's inbox,
+``daemon/ebpf.py``): the label comes separately (:attr:`DeviceSocket.labels`).
+A socket that does not receive (``receive=False``, or after
+:meth:`DeviceSocket.stop_receiving`) keeps its device, its memberships and
+sending, and costs the device's receive path nothing: it is not one of the
+packet taps every frame visits.
+
 Receiving goes through a ``TPACKET_V2`` ring (:mod:`pymacvtap.io.rxring`) when
 the kernel grants one.  Where it does not, the socket is read with one
 ``recvmsg_into`` per frame into one preallocated buffer shared by all sockets
@@ -34,17 +42,21 @@ exactly once.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import os
 import socket
 import struct
 from collections import deque
 
 from pymacvtap.core.frame import VNET_HDR_LEN, Frame
+from pymacvtap.io.netns import entered
 from pymacvtap.io.rxring import (
     SOL_PACKET,
     TP_STATUS_VLAN_VALID,
     RxRing,
+    label_of,
     vlan_tag,
     vnet_header_at,
     with_vlan_tag,
@@ -58,6 +70,8 @@ PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
 PACKET_FANOUT_QM = 5  # spread by the receive queue the frame was recorded on
+PACKET_FANOUT_CBPF = 6  # spread by what a classic BPF program returns
+PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # recent kernels only (6.18 has it)
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
@@ -68,10 +82,12 @@ PACKET_MR_UNICAST = 3
 ETH_P_ALL = 0x0003
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
-SO_ATTACH_BPF = 50
 SIOCGIFMTU = 0x8921
+SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd
 
 _MREQ = struct.Struct("iHH8s")  # struct packet_mreq
+_SOCK_FILTER = struct.Struct("HBBI")  # struct sock_filter
+_SOCK_FPROG = struct.Struct("HxxxxxxP")  # struct sock_fprog: len, pointer to the program
 _AUXDATA = struct.Struct("IIIHHHH")  # struct tpacket_auxdata
 _IFREQ_MTU = struct.Struct("16si12x")  # struct ifreq with ifr_mtu
 _TPACKET_STATS = struct.Struct("II")  # struct tpacket_stats: tp_packets, tp_drops
@@ -124,7 +140,10 @@ class DeviceSocket:
     the device's qdisc on send: cheaper, but without the queue's backpressure,
     so it is off by default.  ``ring_size`` is the receive ring's size in bytes
     (0: no ring, one ``recvmsg`` per frame).  If the kernel refuses the ring
-    the socket falls back to ``recvmsg``: :attr:`mode` tells which.
+    the socket falls back to ``recvmsg``: :attr:`mode` tells which.  With
+    ``labelled`` a stripped tag is the frame's label, not put back: each read
+    leaves one entry per frame in :attr:`labels` (:func:`~pymacvtap.io.rxring.label_of`).
+    Without ``receive`` the socket only sends (see :meth:`stop_receiving`).
     """
 
     def __init__(
@@ -136,10 +155,16 @@ class DeviceSocket:
         rcvbuf: int = DEFAULT_RCVBUF,
         sndbuf: int = DEFAULT_SNDBUF,
         ring_size: int = DEFAULT_RING_SIZE,
+        labelled: bool = False,
+        receive: bool = True,
     ) -> None:
         self.ifname = ifname
         self._ifindex = _interface_index(ifname)
+        # A label is read from the same place as a tag to restore.
+        restore_vlan = restore_vlan or labelled
         self._restore_vlan = restore_vlan
+        self.labels: list[int] | None = [] if labelled else None
+        self.receiving = True
         self._unicast: set[bytes] = set()
         self._multicast: set[bytes] = set()
         self._promisc = False
@@ -147,36 +172,50 @@ class DeviceSocket:
         self.link_down_events = 0  # ENETDOWN reported by the socket (see _recv_error)
         self._stats = [0, 0]  # PACKET_STATISTICS, summed (the kernel resets on read)
         self._ring: RxRing | None = None
-        # Protocol 0 receives nothing until bind(): no frame of another
-        # interface slips in while the options are being set.
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            if restore_vlan:
-                sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            if qdisc_bypass:
-                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
-            _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
-            _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
-            sock.setblocking(False)
-            if ring_size > 0:
-                with contextlib.suppress(OSError):  # refused: read with recvmsg instead
-                    self._ring = RxRing(sock, ring_size, restore_vlan=restore_vlan)
-            sock.bind((ifname, ETH_P_ALL))
-        except BaseException:
-            if self._ring is not None:
-                self._ring.close()
-            sock.close()
-            raise
+        self._qdisc_bypass = qdisc_bypass
+        self._sndbuf = sndbuf
+        if not receive:
+            self.receiving = False
+            ring_size = rcvbuf = 0
+        sock = self._open(receive, rcvbuf, ring_size)
         self._sock = sock
         self._sendmsg = sock.sendmsg
-        if self._ring is not None:
-            self.recv_batch = self._recv_ring  # type: ignore[method-assign]
+        if not receive:
+            self.recv_batch = self._recv_nothing  # type: ignore[method-assign]
+        elif self._ring is not None:
+            self.recv_batch = self._recv_ring
         elif restore_vlan:
             self.recv_batch = self._recv_batch_aux  # type: ignore[method-assign]
         else:
             self.recv_batch = self._recv_batch_plain  # type: ignore[method-assign]
+
+    def _open(self, receive: bool, rcvbuf: int, ring_size: int) -> socket.socket:
+        # Protocol 0 receives nothing until bound with another: no frame of another
+        # interface slips in while the options are being set, and a socket bound with
+        # protocol 0 never receives at all (it is on no list of packet taps).
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            if self._restore_vlan and receive:
+                sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            if self._qdisc_bypass:
+                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            if rcvbuf:
+                _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
+            _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, self._sndbuf)
+            sock.setblocking(False)
+            if ring_size > 0:
+                with contextlib.suppress(OSError):  # refused: read with recvmsg instead
+                    self._ring = RxRing(sock, ring_size, restore_vlan=self._restore_vlan)
+            sock.bind((self.ifname, ETH_P_ALL if receive else 0))
+        except BaseException:
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            sock.close()
+            raise
+        return sock
 
     # -- identity ----------------------------------------------------------------
 
@@ -220,8 +259,8 @@ class DeviceSocket:
         A fanout group has its own hook, which would see frames leaving the device
         (PACKET_IGNORE_OUTGOING is the socket's, not the group's) unless it is made with
         PACKET_FANOUT_FLAG_IGNORE_OUTGOING.  A kernel without the flag refuses it (the
-        group is then made without it) or ignores it; the fast path's socket filters drop
-        outgoing frames too.
+        group is then made without it) or ignores it.  (On the fast path a VM tap has no
+        fanout group: the daemon reads the guest's frames on its inbox.)
         """
         arg = (group_id & 0xFFFF) | (mode << 16)
         try:
@@ -232,13 +271,52 @@ class DeviceSocket:
                 raise
             self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
 
-    def attach_filter(self, prog_fd: int) -> None:
-        """A BPF socket filter (SO_ATTACH_BPF): frames it returns 0 for never reach us.
+    def set_fanout_program(self, program: tuple[tuple[int, int, int, int], ...]) -> None:
+        """The classic BPF program of this socket's ``PACKET_FANOUT_CBPF`` group: each
+        frame goes to the member its return value (modulo the group's size) names.
+        ``program`` is a list of (code, jt, jf, k) instructions (struct sock_filter)."""
+        insns = b"".join(_SOCK_FILTER.pack(*insn) for insn in program)
+        buf = ctypes.create_string_buffer(insns, len(insns))
+        fprog = _SOCK_FPROG.pack(len(program), ctypes.addressof(buf))
+        self._sock.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, fprog)
 
-        The kernel fast path's socket filter (io/bpf.py): what its programs
-        forward must not be forwarded again by the daemon.
+    def stop_receiving(self) -> None:
+        """Receive nothing from now on; keep sending, the device and the memberships.
+
+        A socket once bound with a protocol cannot be unbound (binding with protocol 0
+        keeps the old one), so a new socket takes its place: bound with protocol 0 it
+        is on none of the device's packet taps, which every frame visits (the kernel
+        fast path hands the daemon its frames elsewhere).  The memberships (unicast
+        filter, multicast, promisc) are made on it before the old socket lets go of
+        them, so the device's filter never loses a MAC.  The fd changes.
         """
-        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog_fd.to_bytes(4, "little"))
+        if not self.receiving:
+            return
+        old, ring = self._sock, self._ring
+        # The device is found by name in the old socket's namespace, which need not be
+        # the calling thread's.
+        ns_fd = fcntl.ioctl(old.fileno(), SIOCGSKNS)
+        try:
+            with entered(f"/proc/self/fd/{ns_fd}"):
+                new = self._open(False, 0, 0)
+        finally:
+            os.close(ns_fd)
+        try:
+            for mac in self._unicast:
+                _set_membership(new, self._ifindex, True, PACKET_MR_UNICAST, mac)
+            for mac in self._multicast:
+                _set_membership(new, self._ifindex, True, PACKET_MR_MULTICAST, mac)
+            if self._promisc:
+                _set_membership(new, self._ifindex, True, PACKET_MR_PROMISC)
+        except BaseException:
+            new.close()
+            raise
+        self._sock, self._sendmsg, self._ring = new, new.sendmsg, None
+        self.receiving = False
+        self.recv_batch = self._recv_nothing  # type: ignore[method-assign]
+        if ring is not None:
+            ring.close()
+        old.close()
 
     def stats(self) -> dict[str, int]:
         """The kernel's receive counters for this socket since it was opened.
@@ -277,10 +355,16 @@ class DeviceSocket:
         """
         raise NotImplementedError  # pragma: no cover
 
+    def _recv_nothing(self, max_frames: int) -> list[Frame]:
+        return []
+
     def _recv_ring(self, max_frames: int) -> list[Frame]:
         ring = self._ring
         assert ring is not None
-        frames = ring.read(max_frames, self._recv_copy)
+        labels = self.labels
+        if labels is not None:
+            labels.clear()
+        frames = ring.read(max_frames, self._recv_copy, labels)
         if not frames:
             self._check_error()
         return frames
@@ -288,7 +372,7 @@ class DeviceSocket:
     def _recv_copy(self) -> list[Frame]:
         """The frame of a TP_STATUS_COPY slot, from the socket's queue."""
         if self._restore_vlan:
-            return self._recv_batch_aux(1)
+            return self._recv_batch_aux(1, keep_labels=True)
         return self._recv_batch_plain(1)
 
     def _check_error(self) -> None:
@@ -323,7 +407,10 @@ class DeviceSocket:
             append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
         return frames
 
-    def _recv_batch_aux(self, max_frames: int) -> list[Frame]:
+    def _recv_batch_aux(self, max_frames: int, *, keep_labels: bool = False) -> list[Frame]:
+        labels = self.labels
+        if labels is not None and not keep_labels:
+            labels.clear()
         frames: list[Frame] = []
         append = frames.append
         recvmsg_into = self._sock.recvmsg_into
@@ -346,6 +433,10 @@ class DeviceSocket:
             if n < VNET_HDR_LEN:
                 continue
             vnet = vnet_header_at(buf, 0)
+            if labels is not None:
+                labels.append(_label(anc))
+                append(Frame(bytes(view[VNET_HDR_LEN:n]), vnet))
+                continue
             # PACKET_AUXDATA comes with every frame: tp_status first, VLAN_VALID in byte 0.
             if anc and anc[0][2][0] & TP_STATUS_VLAN_VALID:
                 tag = _stripped_vlan(anc)
@@ -421,9 +512,7 @@ class DeviceSocket:
     # it replays its endpoints' MACs.
 
     def _membership(self, add: bool, mr_type: int, addr: bytes = b"") -> None:
-        opt = PACKET_ADD_MEMBERSHIP if add else PACKET_DROP_MEMBERSHIP
-        mreq = _MREQ.pack(self._ifindex, mr_type, len(addr), addr)
-        self._sock.setsockopt(SOL_PACKET, opt, mreq)
+        _set_membership(self._sock, self._ifindex, add, mr_type, addr)
 
     def _member(self, members: set[bytes], mr_type: int, mac: bytes, add: bool) -> None:
         mac = bytes(mac)
@@ -462,12 +551,28 @@ class DeviceSocket:
         return self._promisc
 
 
+def _set_membership(
+    sock: socket.socket, ifindex: int, add: bool, mr_type: int, addr: bytes = b""
+) -> None:
+    opt = PACKET_ADD_MEMBERSHIP if add else PACKET_DROP_MEMBERSHIP
+    sock.setsockopt(SOL_PACKET, opt, _MREQ.pack(ifindex, mr_type, len(addr), addr))
+
+
 def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:
     """Set a socket buffer, past net.core.[rw]mem_max when we may (CAP_NET_ADMIN)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def _label(anc: list[tuple[int, int, bytes]]) -> int:
+    """The stripped tag as a label (:func:`~pymacvtap.io.rxring.label_of`), from PACKET_AUXDATA."""
+    for level, kind, data in anc:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
+            status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
+            return label_of(status, tci, tpid)
+    return -1
 
 
 def _stripped_vlan(anc: list[tuple[int, int, bytes]]) -> bytes | None:

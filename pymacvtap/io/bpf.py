@@ -15,7 +15,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import socket
 from importlib import resources
 from pathlib import Path
 
@@ -43,8 +42,11 @@ from pymacvtap.bpf.tables import (
     unpack_stats,
 )
 
-PROGRAMS = ("lower_ingress", "endpoint_ingress", "lower_filter", "endpoint_filter")
-MAPS = ("endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_stats")
+PROGRAMS = ("lower_ingress", "endpoint_ingress", "inbox_ingress")
+MAPS = (
+    "endpoints", "devices", "lowers", "sources", "endpoint_stats", "lower_stats", "inbox",
+    "labels",
+)  # fmt: skip
 # (name, key size, value size) of the maps tables.py fills (fastpath.h).
 _TABLE_MAPS = (
     ("lowers", 4, LOWER_SIZE),
@@ -53,7 +55,9 @@ _TABLE_MAPS = (
     ("sources", KEY_SIZE, 1),
 )
 OBJECT_NAME = "fastpath.bpf.o"
-SO_ATTACH_BPF = 50
+# fastpath.h: a label is 12 bits of a VLAN TCI, the top 4 a multi-queue tap's queue.
+LABEL_BITS = 12
+MAX_LABELS = 1 << LABEL_BITS
 TC_H_CLSACT_INGRESS = "ffff:fff2"
 TC_H_CLSACT_EGRESS = "ffff:fff3"
 _ENV_OBJECT = "PYMACVTAP_BPF_OBJECT"
@@ -246,6 +250,24 @@ class FastPath:
                 case ZeroStats(table, slot):
                     self._update(table, _u32(slot), bytes(stats_size() * self.ncpus))
 
+    def set_inbox(self, ifindex: int) -> None:
+        """Where the programs hand the daemon its frames (0: nowhere, they go on unlabelled)."""
+        self._update("inbox", _u32(0), _u32(ifindex))
+
+    def set_label(self, ifindex: int, label: int, *, endpoint: bool, queued: bool) -> None:
+        """Label ``ifindex``'s frames to the daemon with ``label`` (struct fp_label).
+
+        ``endpoint``: an endpoint's device (the tag's TPID says so); ``queued``: a
+        multi-queue tap, whose receive queue rides along in the tag.
+        """
+        if not 0 <= label < MAX_LABELS:
+            raise ValueError(f"label {label} out of range")
+        value = label.to_bytes(2, "little") + bytes((int(endpoint), int(queued)))
+        self._update("labels", _u32(ifindex), value)
+
+    def delete_label(self, ifindex: int) -> None:
+        self._delete("labels", _u32(ifindex))
+
     def counters(self, table: str, slot: int) -> Counters:
         """One slot of ``endpoint_stats`` or ``lower_stats``, summed over the CPUs."""
         raw = self._lookup(table, _u32(slot), stats_size() * self.ncpus)
@@ -351,12 +373,6 @@ class FastPath:
             except Exception:  # no clsact qdisc, no device: nothing of ours
                 return False
         return any(f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS for f in filters)
-
-    def attach_socket(self, sock: socket.socket, on: str) -> None:
-        """The filter for a socket on a ``"lower"`` or an ``"endpoint"`` device (SO_ATTACH_BPF):
-        it no longer sees what the programs forward, drop or leave to the host."""
-        prog = self.prog_fds[f"{on}_filter"]
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, prog.to_bytes(4, "little"))
 
 
 def _u32(value: int) -> bytes:

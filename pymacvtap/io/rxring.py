@@ -78,10 +78,18 @@ class RxRing:
         self._slot = 0  # offset of the next slot to read
         self.truncated = 0  # frames the slot holds only part of, dropped
 
-    def read(self, max_frames: int, read_copied: Callable[[], list[Frame]]) -> list[Frame]:
+    def read(
+        self,
+        max_frames: int,
+        read_copied: Callable[[], list[Frame]],
+        labels: list[int] | None = None,
+    ) -> list[Frame]:
         """The frames of up to ``max_frames`` ready slots, each slot given back.
 
         ``read_copied`` reads the frame of a ``TP_STATUS_COPY`` slot from the socket.
+        With ``labels``, a stripped VLAN tag is not put back but appended there, one
+        entry per frame read from a slot (:func:`label_of`); ``read_copied`` appends
+        its frames' own.
         """
         frames: list[Frame] = []
         append = frames.append
@@ -104,7 +112,10 @@ class RxRing:
             else:
                 start = off + mac
                 vnet = vnet_header_at(ring, start - VNET_HDR_LEN)
-                if status & TP_STATUS_VLAN_VALID and restore:
+                if labels is not None:
+                    labels.append(label_of(status, tci, tpid))
+                    append(Frame(ring[start : start + snaplen], vnet))
+                elif status & TP_STATUS_VLAN_VALID and restore:
                     tag = vlan_tag(status, tci, tpid)
                     append(with_vlan_tag(ring, start, start + snaplen, tag, vnet))
                 else:
@@ -139,6 +150,15 @@ def vlan_tag(status: int, tci: int, tpid: int) -> bytes:
     if not status & TP_STATUS_VLAN_TPID_VALID:
         tpid = ETH_P_8021Q
     return _TAG.pack(tpid, tci)
+
+
+def label_of(status: int, tci: int, tpid: int) -> int:
+    """A stripped tag as one number, ``tpid << 16 | tci``; -1 when there is none."""
+    if not status & TP_STATUS_VLAN_VALID:
+        return -1
+    if not status & TP_STATUS_VLAN_TPID_VALID:
+        tpid = ETH_P_8021Q
+    return tpid << 16 | tci
 
 
 def with_vlan_tag(

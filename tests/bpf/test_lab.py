@@ -2,8 +2,9 @@
 
 No daemon yet: a small fixture loads the object, fills the maps from an engine
 and attaches the programs where the daemon will (the lower's ingress, each veth
-peer's ingress).  ARP is a broadcast, which is the daemon's, so the containers
-get static neighbours: what is tested is the unicast the programs forward.
+peer's ingress, and an inbox with its labelled socket, as daemon/inbox.py makes
+it).  ARP is a broadcast, which is the daemon's, so the containers get static
+neighbours: what is tested is the unicast the programs forward.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lab.netns import in_netns, ip, ip_json
 from lab.topology import Lab, mac_str
 from pymacvtap.bpf.tables import Device, Tables, changes, derive
 from pymacvtap.core import Engine, Frame, Mode
+from pymacvtap.daemon.inbox import Inbox, key_of
 from pymacvtap.io.bpf import FastPath
 from pymacvtap.io.tap import Tap
 
@@ -42,6 +44,7 @@ class FastLab:
     netns: dict[str, str]
     engine: Engine
     devices: dict[str, Device]
+    inbox: Inbox
 
     def add_vm(self, name: str, mac: bytes) -> Tap:
         """A VM's tap in the daemon's namespace, added to the running fast path."""
@@ -89,10 +92,22 @@ def fast_lab(compiled: Path) -> Iterator[FastLab]:
         tables = derive(engine, {LOWER: ifindex(lab.host, LOWER)}, devices)
         fastpath.apply(changes(Tables(), tables))
         with in_netns(lab.host):
-            fastpath.attach(ifindex(lab.host, LOWER), "lower_ingress")
-            for name in MACS:
-                fastpath.attach(devices[name].ifindex, "endpoint_ingress")
-        yield FastLab(lab, fastpath, tables, netns, engine, devices)
+            inbox = Inbox.open()
+        try:
+            with in_netns(lab.host):
+                fastpath.attach(inbox.ifindex, "inbox_ingress")
+                fastpath.set_inbox(inbox.ifindex)
+                label, _ = inbox.give(LOWER, endpoint=False)
+                fastpath.set_label(ifindex(lab.host, LOWER), label, endpoint=False, queued=False)
+                fastpath.attach(ifindex(lab.host, LOWER), "lower_ingress")
+                for name in MACS:
+                    label, _ = inbox.give(name, endpoint=True)
+                    fastpath.set_label(devices[name].ifindex, label, endpoint=True, queued=False)
+                    fastpath.attach(devices[name].ifindex, "endpoint_ingress")
+            yield FastLab(lab, fastpath, tables, netns, engine, devices, inbox)
+        finally:
+            with in_netns(lab.host):
+                inbox.close()
 
 
 def ping(netns: str, address: str) -> subprocess.CompletedProcess[str]:
@@ -105,13 +120,27 @@ def ping(netns: str, address: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def daemon_socket(lab: Lab, ifname: str, fastpath: FastPath | None) -> PacketSocket:
-    """A socket as the daemon opens one: own transmissions ignored, the filter on."""
+def sniffer(lab: Lab, ifname: str) -> PacketSocket:
+    """A socket as the Python data path opens one: own transmissions ignored."""
     sock = PacketSocket(lab.host, ifname)
     sock.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    if fastpath is not None:
-        fastpath.attach_socket(sock.sock, "lower" if ifname == LOWER else "endpoint")
     return sock
+
+
+def read_inbox(inbox: Inbox, timeout: float = 1.0) -> list[tuple[int, bytes]]:
+    """(label, frame) of what reached the inbox's sockets within ``timeout``; each frame
+    on its label's own socket (the fanout program picks it)."""
+    got: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for index, sock in enumerate(inbox.sockets):
+            frames = sock.recv_batch(64)
+            assert sock.labels is not None
+            for frame, label in zip(frames, sock.labels, strict=True):
+                assert label & 0xFFF == index, (label, index)
+                got.append((label, frame.data))
+        time.sleep(0.02)
+    return got
 
 
 def icmp_between(frames: list[bytes]) -> list[bytes]:
@@ -121,32 +150,57 @@ def icmp_between(frames: list[bytes]) -> list[bytes]:
 
 def test_vepa_pings_both_ways_through_the_hairpin_without_the_daemon(fast_lab: FastLab) -> None:
     lab, fastpath = fast_lab.lab, fast_lab.fastpath
-    sockets = {
-        (dev, filtered): daemon_socket(lab, dev, fastpath if filtered else None)
-        for dev in (LOWER, "pv-c1", "pv-c2")
-        for filtered in (True, False)
-    }
+    sockets = {dev: sniffer(lab, dev) for dev in (LOWER, "pv-c1", "pv-c2")}
     try:
         there = ping(fast_lab.netns["c1"], ADDRS["c2"])
         back = ping(fast_lab.netns["c2"], ADDRS["c1"])
         assert there.returncode == 0, there.stdout + there.stderr
         assert back.returncode == 0, back.stdout + back.stderr
-        seen = {key: icmp_between([c.data for c in s.read_all()]) for key, s in sockets.items()}
+        seen = {dev: icmp_between([c.data for c in s.read_all()]) for dev, s in sockets.items()}
     finally:
         for s in sockets.values():
             s.close()
     # Every echo crossed each device (12 on the lower: 6 each way after the
-    # hairpin), but the daemon's filtered sockets saw none of them.
-    assert len(seen[(LOWER, False)]) == 12
-    assert len(seen[("pv-c1", False)]) == 6
-    for dev in (LOWER, "pv-c1", "pv-c2"):
-        assert seen[(dev, True)] == [], dev
+    # hairpin), but none was handed to the daemon.
+    assert len(seen[LOWER]) == 12
+    assert len(seen["pv-c1"]) == 6
+    assert icmp_between([frame for _, frame in read_inbox(fast_lab.inbox, 0.2)]) == []
     # Counted as the engine counts: each endpoint sent and received six.
     for ep in fast_lab.tables.endpoints.values():
         counters = fastpath.counters("endpoint_stats", ep.slot)
         assert counters.tx_packets >= 6 and counters.rx_packets >= 6, (ep.name, counters)
     lower = next(iter(fast_lab.tables.lowers.values()))
     assert fastpath.counters("lower_stats", lower.slot).rx_packets >= 12
+
+
+def test_what_the_programs_leave_reaches_the_inbox_labelled_by_its_device(
+    fast_lab: FastLab,
+) -> None:
+    lab = fast_lab.lab
+    payload = b"\x88\xb5" + b"for the daemon" * 4
+    from_c1 = b"\xff" * 6 + MACS["c1"] + payload
+    from_wire = b"\xff" * 6 + bytes.fromhex("02000000bb01") + payload
+    c1 = PacketSocket(fast_lab.netns["c1"], "eth0")
+    host = sniffer(lab, LOWER)
+    try:
+        c1.send(from_c1)
+        got = read_inbox(fast_lab.inbox)
+        # c1's broadcast, labelled as c1's peer (802.1ad, label 1); out of the lower
+        # (by the daemon, not here) it is not.  Nothing of it is left in the frame.
+        assert (key_of(True, 1), from_c1) in got, got
+        # A broadcast from the wire: labelled as the lower's (802.1Q, label 0), and
+        # the host gets it too.
+        ext = lab.ext_socket()
+        try:
+            ext.send(from_wire)
+        finally:
+            ext.close()
+        got = read_inbox(fast_lab.inbox)
+        assert (key_of(False, 0), from_wire) in got, got
+        assert from_wire in [c.data for c in host.read_all()]
+    finally:
+        c1.close()
+        host.close()
 
 
 def read_for(tap: Tap, dst: bytes, timeout: float = 2.0) -> list[bytes]:

@@ -25,8 +25,7 @@ def test_the_object_loads_with_every_program_and_map(fastpath: FastPath) -> None
     assert set(fastpath.prog_fds) == {
         "lower_ingress",
         "endpoint_ingress",
-        "lower_filter",
-        "endpoint_filter",
+        "inbox_ingress",
     }
     assert all(fd >= 0 for fd in [*fastpath.prog_fds.values(), *fastpath.map_fds.values()])
     assert fastpath.contents() == {"lowers": {}, "endpoints": {}, "devices": {}, "sources": {}}

@@ -93,6 +93,11 @@ def test_the_fast_path_forwards_with_its_own_programs_only(
             assert "actions" not in json.dumps(f), f
     shown = {e["ifname"]: e["datapath"] for e in daemon.show()}
     assert shown == {"c1": "ebpf", "c2": "ebpf", "c3": "ebpf"}
+    # The daemon receives on its inbox alone: no packet socket is hooked into the
+    # receive path of a device that forwards (R, "running", in /proc/net/packet).
+    index = {int(link["ifindex"]): str(link["ifname"]) for link in links}
+    hooked = {index.get(ifindex, str(ifindex)) for ifindex in hooked_packet_sockets(host)}
+    assert len(hooked) == 1 and hooked.pop().startswith("pmvtin"), hooked
     # Counted as on the Python path: the programs' counts are in link show -s.
     stats = daemon.show("c1", stats=True)["stats64"]
     assert stats["tx"]["packets"] >= 2 and stats["rx"]["packets"] >= 2, stats
@@ -106,6 +111,17 @@ def test_the_fast_path_forwards_with_its_own_programs_only(
             check=False,
         )
         assert json.loads(with_filters.stdout or "[]") == [] or with_filters.returncode != 0
+    assert not [link for link in ip_json(host, "link", "show") if "pmvtin" in link["ifname"]]
+
+
+def hooked_packet_sockets(netns: str) -> list[int]:
+    """The ifindex of every packet socket of ``netns`` that receives (is on a device's taps)."""
+    table = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/packet"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    # sk RefCnt Type Proto Iface R Rmem User Inode
+    return [int(row.split()[4]) for row in table[1:] if row.split()[5] == "1"]
 
 
 @pytest.mark.parametrize("datapath", ["ebpf"])

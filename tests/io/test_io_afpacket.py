@@ -309,6 +309,40 @@ def test_promisc_and_multicast_membership(veth: Veth) -> None:
         assert group not in netlink.multicast_groups(veth.b, veth.ns_b)
 
 
+def _running_packet_sockets(ns: str) -> list[int]:
+    """The ifindex of each packet socket in ``ns`` on a device's packet taps (R in the table)."""
+    rows = sh("ip", "netns", "exec", ns, "cat", "/proc/net/packet").splitlines()[1:]
+    return [int(row.split()[4]) for row in rows if row.split()[5] == "1"]
+
+
+def test_a_socket_that_stops_receiving_keeps_its_memberships_and_sends(veth: Veth) -> None:
+    """The fast path's sockets on lowers: off the device's taps, the filter entries kept."""
+    group = bytes.fromhex("01005e010203")
+    inj = RawSocket(veth.ns_a, veth.a)
+    with _lower(veth.ns_b, veth.b) as lower:
+        ifindex = lower.ifindex
+        lower.add_unicast(FOREIGN)
+        lower.add_multicast(group)
+        assert _running_packet_sockets(veth.ns_b) == [ifindex]
+        old_fd = lower.fileno()
+        lower.stop_receiving()
+        lower.stop_receiving()  # once is enough
+        assert not lower.receiving and lower.fileno() != old_fd
+        assert _running_packet_sockets(veth.ns_b) == []
+        assert _promisc(veth.ns_b, veth.b)
+        assert group in netlink.multicast_groups(veth.b, veth.ns_b)
+        assert lower.unicast == {FOREIGN}
+        inj.send(eth_frame(FOREIGN, SRC, b"unread".ljust(46)))
+        assert lower.recv_batch(8) == []
+        lower.send(Frame(eth_frame(FOREIGN, lower.mac, b"still sends".ljust(46))))
+        assert len(inj.recv_all(lambda data: b"still sends" in data)) == 1
+    assert not _promisc(veth.ns_b, veth.b)  # and they go with it
+    with _lower(veth.ns_b, veth.b, receive=False) as sender:
+        assert _running_packet_sockets(veth.ns_b) == [] and not sender.receiving
+        assert sender.send(Frame(eth_frame(FOREIGN, sender.mac, b"born sending".ljust(46))))
+    inj.close()
+
+
 def test_lower_down_and_up_again(veth: Veth) -> None:
     """Down: the socket reports ENETDOWN once (not raised) and send is a frame error;
     up again: frames flow without reopening."""

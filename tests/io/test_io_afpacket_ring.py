@@ -139,6 +139,41 @@ def test_vlan_tag_is_restored(veth: Veth, ring_size: int) -> None:
     inj.close()
 
 
+def test_a_labelled_socket_reads_a_stripped_tag_as_the_frames_label(
+    veth: Veth, ring_size: int
+) -> None:
+    """The fast path's inbox: the tag is the sender's label, never part of the frame.
+    A frame too big for a ring slot (read from the socket instead) keeps its label too."""
+    for ns, end in ((veth.ns_a, veth.a), (veth.ns_b, veth.b)):
+        sh("ip", "-n", ns, "link", "set", end, "mtu", "4000")
+    inj = RawSocket(veth.ns_a, veth.a)
+    payloads = [b"small".ljust(46, b"."), b"big".ljust(3000, b"."), b"outer".ljust(46, b".")]
+    sent = [
+        BCAST + SRC + b"\x81\x00\x00\x07" + b"\x88\xb5" + payloads[0],
+        BCAST + SRC + b"\x81\x00\x0f\xff" + b"\x88\xb5" + payloads[1],
+        BCAST + SRC + b"\x88\xa8\x30\x05" + b"\x88\xb5" + payloads[2],
+        eth_frame(BCAST, SRC, b"plain".ljust(46, b".")),
+    ]
+    with _lower(veth.ns_b, veth.b, ring_size=ring_size, labelled=True) as inbox:
+        _inject(inj, sent)
+        got: list[tuple[int, bytes]] = []
+
+        def read() -> list[object]:
+            frames = inbox.recv_batch(8)
+            assert inbox.labels is not None and len(inbox.labels) == len(frames)
+            pairs = zip(inbox.labels, frames, strict=True)
+            return [(label, f.data) for label, f in pairs if f.ethertype == ETH_P_EXPERIMENTAL]
+
+        got = collect(read, inbox.fileno(), 4)  # type: ignore[assignment]
+    assert got == [
+        (0x8100 << 16 | 0x0007, sent[0][:12] + sent[0][16:]),
+        (0x8100 << 16 | 0x0FFF, sent[1][:12] + sent[1][16:]),
+        (0x88A8 << 16 | 0x3005, sent[2][:12] + sent[2][16:]),
+        (-1, sent[3]),
+    ]
+    inj.close()
+
+
 def test_own_transmissions_are_not_received(veth: Veth, ring_size: int) -> None:
     cap = RawSocket(veth.ns_a, veth.a)
     with _lower(veth.ns_b, veth.b, ring_size=ring_size) as lower:
