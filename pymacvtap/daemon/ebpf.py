@@ -21,7 +21,7 @@ a daemon the programs leave idle stays idle.
 The programs count in per-CPU maps; :meth:`EbpfPath.harvest` adds what they
 counted since the last harvest into the engine's counters, so ``link show -s``
 and the metrics mean the same on both data paths.  It runs every second, before
-``link show`` answers, and before a counter slot is given up.
+``link show -s`` and ``lower show -s`` answer, and before a counter slot is given up.
 """
 
 from __future__ import annotations

@@ -228,6 +228,8 @@ class EndpointService:
 
     def lower_show(self, name: str | None, stats: bool) -> list[dict[str, Any]]:
         """``lower show``: the lowers in use (an endpoint on them), with their own counters."""
+        if stats:
+            self.datapath.harvest()
         if name is None:
             return [show_lower(lower.port, stats) for lower in self.lowers.table.values()]
         lower = self.lowers.get(name)
