@@ -280,6 +280,11 @@ static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *
 		return FP_DROP;
 	}
 	if (!ep->up) {
+		/* A container's netdev that sends is up: the daemon has not read the
+		 * RTM_NEWLINK yet.  It catches up before it decides (a VM's port is down by
+		 * the daemon's own word, and the VM may go on sending: dropped here). */
+		if (ep->peer)
+			return FP_PASS;
 		v->reason = FP_ENDPOINT_DOWN;
 		return FP_DROP;
 	}

@@ -59,6 +59,11 @@ class SoftwarePath:
         # What is attached, by name; the breath visits lowers in this order.
         self.lowers: dict[str, LowerRuntime] = {}
         self.endpoints: dict[str, EndpointRuntime] = {}
+        # What brings the engine up to date with the kernel's link events (the daemon's
+        # KernelFollower.catch_up), called before frames from an endpoint believed down
+        # are decided: a container's netdev that sends is up, and the RTM_NEWLINK saying
+        # so may be waiting unread behind the frame.
+        self.catch_up: Callable[[], None] | None = None
         loop.after_poll(self.breathe)
 
     # -- DataPath ----------------------------------------------------------------------
@@ -125,23 +130,34 @@ class SoftwarePath:
         # batches from then on.
         single_first = frontend.level_triggered
         last = -2
+        sends_when_up = rt.cfg.kind.netdev_is_endpoint
 
         def on_readable() -> None:
             nonlocal last
-            port = ep.port
-            if port is None:
+            if ep.port is None:
                 return
-            from_endpoint = port.forward_from_endpoint
             now = loop.iteration
             budget = 1 if single_first and now != last + 1 else RX_BATCH
             last = now
             frames = frontend.read(fd, budget)
+            if frames and not ep.up and sends_when_up:
+                self.behind()
+            port = ep.port
+            if port is None:
+                return
+            from_endpoint = port.forward_from_endpoint
             if rt.captures is not None:
                 captured(rt, "tx", frames)
             for frame in frames:
                 from_endpoint(ep, frame)
 
         return on_readable
+
+    def behind(self) -> None:
+        """Frames came from an endpoint's netdev while the engine holds it down: catch up
+        with the link events first (the engine then drops them only if it is still down)."""
+        if self.catch_up is not None:
+            self.catch_up()
 
     @staticmethod
     def _lower_reader(lower: LowerRuntime) -> Callable[[], None]:

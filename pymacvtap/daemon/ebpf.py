@@ -149,6 +149,7 @@ class EbpfPath(SoftwarePath):
         assert labels is not None
         senders = self._senders
         queue_mask = ~(0xF << LABEL_BITS)
+        caught_up = False
         for frame, label in zip(frames, labels, strict=True):
             sender = senders.get(label & queue_mask) if label >= 0 else None
             if sender is None:
@@ -156,6 +157,10 @@ class EbpfPath(SoftwarePath):
             elif isinstance(sender, LowerRuntime):
                 sender.port.forward_from_lower(frame)
             else:
+                if not sender.ep.up and not caught_up and sender.cfg.kind.netdev_is_endpoint:
+                    # The program handed it over for this (endpoint_ingress): catch up.
+                    self.behind()
+                    caught_up = True
                 port = sender.ep.port
                 if port is None:
                     continue

@@ -78,6 +78,7 @@ class EndpointService:
             self.subscribe(software.on_event)
         self.lowers = Lowers(self.engine, self.datapath)
         self.follower = KernelFollower(loop, self.engine, self.lowers, self)
+        software.catch_up = self.follower.catch_up
         # Configured endpoints not created (yet): restore never forgets one.
         self.waiting: dict[str, Waiting] = {}
         self.marks = Marks(state.directory)

@@ -237,6 +237,8 @@ def left_to_daemon(d: Disposition, spec: FrameSpec, tables: Tables, sender: str 
         return True
     if sender is not None and not entries[sender].fast:
         return True
+    if sender is not None and d.reason is DropReason.ENDPOINT_DOWN and entries[sender].peer:
+        return True  # a netdev that sends is up: the daemon is behind, and catches up
     lower = tables.lowers[LOWER_IFINDEX]
     target = tables.endpoints.get((LOWER_IFINDEX, lower.passthru_mac or spec.dst))
     if target is not None and not target.fast:

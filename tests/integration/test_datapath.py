@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from lab import Lab, ip, ip_json
-from lab.daemon import DaemonProcess
+from lab.capture import PacketSocket
+from lab.daemon import DaemonProcess, wait_until
 from lab.fixtures import LOWER_MAC, SUBNET, Containers
 from pymacvtap.daemon.ebpf import HARVEST_SECONDS
 
@@ -240,3 +241,36 @@ def test_the_hosts_own_traffic_on_a_lower_is_counted_but_never_read(
     time.sleep(HARVEST_SECONDS + 0.5)  # the programs' counters reach the daemon's
     assert not_ours() - counted >= segments, "the host's frames were not counted"
     assert used <= 0.05, f"daemon CPU {used * 100:.1f} % of a core for the host's traffic"
+
+
+@pytest.mark.parametrize("datapath", ["ebpf", "python"])
+def test_a_frame_sent_the_moment_the_netdev_comes_up_is_forwarded(
+    lab: Lab, daemon: DaemonProcess, containers: Containers
+) -> None:
+    """The container's netdev is the endpoint: once it is up it may send, whether or not the
+    daemon has read the RTM_NEWLINK yet.  The daemon stopped while the container brings
+    eth0 up and sends makes the order certain: the frame is there before the news."""
+    ns = containers.add("c1", "vepa")
+    ip(ns, "link", "set", "eth0", "down")
+    assert wait_until(lambda: daemon.show("c1")["operstate"] == "DOWN")
+    mac = bytes.fromhex(daemon.show("c1")["address"].replace(":", ""))
+    frame = lab.ext_mac + mac + b"\x88\xb5" + b"first frame after up".ljust(46, b".")
+    ext = lab.ext_socket()
+    try:
+        daemon.signal(signal.SIGSTOP)
+        try:
+            ip(ns, "link", "set", "eth0", "up")
+            sender = PacketSocket(ns, "eth0")
+            sender.send(frame)
+            sender.close()
+        finally:
+            daemon.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 3
+        got: list[bytes] = []
+        while not got and time.monotonic() < deadline:
+            got = [c.data for c in ext.read_all() if c.data == frame]
+            time.sleep(0.05)
+    finally:
+        ext.close()
+    assert got == [frame]
+    assert "endpoint_down" not in daemon.show("c1", stats=True).get("drops", {})
