@@ -30,6 +30,7 @@ and one a killed daemon left is deleted by the next one to start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -52,6 +53,7 @@ INBOX_MTU = 65535
 # not: a ring's pages count in the daemon's RSS, and a container's frames to the daemon
 # are few (its unicast is the programs').
 LOWER_RING_SIZE = 1 << 20
+_DRAIN_BATCHES = 64  # bounds the drain of a label given back (its device is quiet by then)
 # The fanout program (classic BPF; struct sock_filter: code, jt, jf, k): the label,
 # the frame's VLAN TCI without a multi-queue tap's queue bits.
 _BPF_LD_W_ABS, _BPF_ALU_AND_K, _BPF_RET_A = 0x20, 0x54, 0x16
@@ -87,6 +89,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _join_new_group(sock: DeviceSocket, first: int) -> int:
+    """Make ``sock`` the first member of a fanout group; its id (the first one free from
+    ``first`` on: group ids are the namespace's, and another daemon may have ours)."""
+    for step in range(0x10000):
+        group = (first + step) & 0xFFFF
+        try:
+            sock.join_fanout(group, PACKET_FANOUT_CBPF)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            continue
+        return group
+    raise OSError(errno.EBUSY, "no free packet fanout group id")
 
 
 def key_of(endpoint: bool, label: int) -> int:
@@ -156,9 +173,16 @@ class Inbox:
         return label, new
 
     def take_back(self, name: str, *, endpoint: bool) -> int | None:
+        """Free the device's label, once its programs are off it: what it sent that is
+        still unread is thrown away, or the label's next holder would be taken for its
+        sender."""
         label = self._labels.pop((endpoint, name), None)
         if label is not None:
             del self._holders[label]
+            sock = self.sockets[label]
+            for _ in range(_DRAIN_BATCHES):
+                if not sock.recv_batch(256):
+                    break
         return label
 
     def missed(self, label: int) -> int:
@@ -169,8 +193,10 @@ class Inbox:
         ring_size = LOWER_RING_SIZE if ring else 0
         sock = DeviceSocket(self.ifname, labelled=True, ring_size=ring_size)
         try:
-            sock.join_fanout(self._group, PACKET_FANOUT_CBPF)
-            if not self.sockets:
+            if self.sockets:
+                sock.join_fanout(self._group, PACKET_FANOUT_CBPF)
+            else:
+                self._group = _join_new_group(sock, self._group)
                 sock.set_fanout_program(_PICK_BY_LABEL)
         except BaseException:
             sock.close()

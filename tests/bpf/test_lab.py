@@ -9,6 +9,8 @@ neighbours: what is tested is the unicast the programs forward.
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import time
 from collections import deque
@@ -24,6 +26,7 @@ from lab.topology import Lab, mac_str
 from pymacvtap.bpf.tables import Device, Tables, changes, derive
 from pymacvtap.core import Engine, Frame, Mode
 from pymacvtap.daemon.inbox import Inbox, key_of
+from pymacvtap.io.afpacket import PACKET_FANOUT_CBPF, DeviceSocket
 from pymacvtap.io.bpf import FastPath
 from pymacvtap.io.tap import Tap
 
@@ -201,6 +204,46 @@ def test_what_the_programs_leave_reaches_the_inbox_labelled_by_its_device(
     finally:
         c1.close()
         host.close()
+
+
+def test_a_label_given_back_takes_its_unread_frames_with_it(fast_lab: FastLab) -> None:
+    """What a removed device sent and the daemon did not read must not be taken for the
+    frames of the next device to get its label."""
+    inbox, c1 = fast_lab.inbox, PacketSocket(fast_lab.netns["c1"], "eth0")
+    label, _ = inbox.give("c1", endpoint=True)
+    try:
+        c1.send(b"\xff" * 6 + MACS["c1"] + b"\x88\xb5" + b"left behind".ljust(46, b"."))
+    finally:
+        c1.close()
+    deadline = time.monotonic() + 2
+    while not select.select([inbox.sockets[label]], [], [], 0)[0]:
+        assert time.monotonic() < deadline, "c1's frame never reached its inbox socket"
+        time.sleep(0.02)
+    with in_netns(fast_lab.lab.host):
+        fast_lab.fastpath.delete_label(fast_lab.devices["c1"].ifindex)
+    assert inbox.take_back("c1", endpoint=True) == label
+    assert inbox.give("newcomer", endpoint=True) == (label, None)
+    assert inbox.sockets[label].recv_batch(64) == []
+
+
+def test_an_inbox_whose_fanout_group_id_is_taken_picks_another(fast_lab: FastLab) -> None:
+    """Fanout group ids belong to the namespace: another daemon's (or anyone's) group with
+    the id this daemon would take does not stop it."""
+    with in_netns(fast_lab.lab.host):
+        # The fixture's inbox has this process's id; someone else's group the next one.
+        squatter = DeviceSocket(LOWER, ring_size=0)
+        taken = (os.getpid() + 1) & 0xFFFF
+        squatter.join_fanout(taken, PACKET_FANOUT_CBPF)
+        second = Inbox("pv-c2")  # a device of the lab's, not a new inbox: not closed here
+        second._group = taken  # as if this daemon's pid gave it that id
+        try:
+            label, sock = second.give("x", endpoint=True)
+            assert (label, sock is not None) == (0, True)
+            assert second._group not in (taken, fast_lab.inbox._group)
+        finally:
+            for s in second.sockets:
+                s.close()
+            squatter.close()
 
 
 def read_for(tap: Tap, dst: bytes, timeout: float = 2.0) -> list[bytes]:
