@@ -406,6 +406,9 @@ class EndpointService:
         if rt.ep.up == up:
             return
         self.engine.set_up(rt.cfg.name, up)
+        # Not every caller emits an event (a netdev found up after a move does not): the
+        # fast path's maps must not lag behind what the engine forwards by.
+        self.datapath.changed()
         if up:
             self.announcements.start(rt.cfg.name)
         else:
@@ -430,6 +433,7 @@ class EndpointService:
         if rt.ep.mode is not Mode.PASSTHRU:
             lower.sock.add_unicast(mac)
             lower.sock.del_unicast(old)
+        self.datapath.changed()
 
     def save(
         self, where: str, *, put: Sequence[EndpointConfig] = (), delete: Sequence[str] = ()
