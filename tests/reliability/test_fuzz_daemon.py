@@ -39,6 +39,7 @@ STREAM_CONNECTIONS = 300 * SCALE
 # netdev, and from ext): 10^5 with `make soak` (PYMACVTAP_FUZZ_SCALE=10).
 RAW_FRAMES = 10_000 * SCALE
 RSS_GROWTH_KIB = 24 * 1024  # after warm-up, the daemon may grow by at most this
+VLAN_TYPES = (b"\x81\x00", b"\x88\xa8")  # 802.1Q, 802.1ad
 NL = b"\n"
 VERBS = ["link.add", "link.set", "link.del", "link.show", "attach", "version", "exec", ""]
 
@@ -313,7 +314,7 @@ def test_raw_frames_through_the_daemon_data_path(
     pid = daemon.pid
     raw = vnet_packet_socket(ns, "eth0")
     ext = lab.ext_socket()
-    sent_c1 = sent_ext = refused = 0
+    sent_c1 = sent_ext = refused = unseeable = 0
     baseline = 0
     dsts = [c1_mac, c2_mac, lab.ext_mac, BROADCAST, bytes.fromhex("01005e000001"), rng.randbytes(6)]
     i = 0
@@ -329,6 +330,12 @@ def test_raw_frames_through_the_daemon_data_path(
                 sent_c1 += 1
             except OSError:
                 refused += 1  # the kernel refused that header or length before the daemon
+            else:
+                if len(body[:size]) < 20 and body[12:14] in VLAN_TYPES:
+                    # Counted as sent by the netdev, then dropped by the receive path on the
+                    # peer before anything can see it: too short for the tag it announces
+                    # (skb_vlan_untag), on either data path.
+                    unseeable += 1
             try:
                 ext.send(rng.choice(dsts) + rng.randbytes(rng.randrange(8, 1514)))
                 sent_ext += 1
@@ -349,9 +356,10 @@ def test_raw_frames_through_the_daemon_data_path(
     def balanced() -> bool:
         kernel = ip_json(ns, "-s", "link", "show", "dev", "eth0")[0]["stats64"]["tx"]["packets"]
         tx = stats(daemon, "c1")["stats64"]["tx"]
-        return bool(kernel == tx["packets"] + tx["dropped"] + tx["errors"])
+        return bool(kernel - unseeable == tx["packets"] + tx["dropped"] + tx["errors"])
 
     assert wait_until(balanced, 5), (
+        unseeable,
         ip_json(ns, "-s", "link", "show", "dev", "eth0")[0]["stats64"],
         stats(daemon, "c1")["stats64"],
     )
