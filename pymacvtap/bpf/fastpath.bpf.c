@@ -4,13 +4,14 @@
  * lower_ingress     Port.from_lower, unicast part   (tc clsact ingress of a lower)
  * endpoint_ingress  Port.from_endpoint, unicast part (tc ingress of a veth peer or tap)
  * inbox_ingress     drops what reaches the daemon's inbox device, once the daemon's
- *                   socket there has it (the host stack has no use for it)
+ *                   sockets there have it (the host stack has no use for it)
  *
  * Everything a program does not decide (group frames, source-mode copies, endpoints
  * the daemon serves, frames it cannot parse) is the daemon's, which decides as the
  * Python data path does.  The program hands it over on the daemon's inbox device
- * (redirected into its ingress, where the daemon's one AF_PACKET socket reads it),
- * labelled with a VLAN tag in skb metadata naming the device it came from: so the
+ * (redirected into its ingress, where the daemon's AF_PACKET sockets read it, one per
+ * device: pymacvtap/daemon/inbox.py), labelled with a VLAN tag in skb metadata naming
+ * the device it came from: so the
  * daemon has no receiving socket on the devices that forward, and a frame the
  * programs forward costs it nothing, not even a socket filter's look.  A frame from
  * a lower goes to the host as well (a copy is handed over); one from an endpoint's

@@ -115,8 +115,8 @@ class Inbox:
     """This daemon's inbox device, its sockets (one per label) and the labels given.
 
     Made with :meth:`open` (replacing a device of the same name); :meth:`close`
-    deletes it.  :meth:`give` numbers a device and makes sure its socket is there
-    (``new_socket`` then names it, for the caller to read).
+    deletes it.  :meth:`give` numbers a device and makes sure its label has a
+    socket, returning the socket when it made one (for the caller to read).
     """
 
     def __init__(self, ifname: str) -> None:

@@ -26,7 +26,7 @@ like that hook rather than like a sniffer:
 
 A socket made with ``labelled`` reads frames whose stripped tag is not part of
 the frame but a label its sender put there (the fast path's inbox,
-``daemon/ebpf.py``): the label comes separately (:attr:`DeviceSocket.labels`).
+``daemon/inbox.py``): the label comes separately (:attr:`DeviceSocket.labels`).
 A socket that does not receive (``receive=False``, or after
 :meth:`DeviceSocket.stop_receiving`) keeps its device, its memberships and
 sending, and costs the device's receive path nothing: it is not one of the
@@ -177,23 +177,26 @@ class DeviceSocket:
         if not receive:
             self.receiving = False
             ring_size = rcvbuf = 0
-        sock = self._open(receive, rcvbuf, ring_size)
+        sock, self._ring = self._open(receive, rcvbuf, ring_size)
         self._sock = sock
         self._sendmsg = sock.sendmsg
         if not receive:
             self.recv_batch = self._recv_nothing  # type: ignore[method-assign]
         elif self._ring is not None:
-            self.recv_batch = self._recv_ring
+            self.recv_batch = self._recv_ring  # type: ignore[method-assign]
         elif restore_vlan:
             self.recv_batch = self._recv_batch_aux  # type: ignore[method-assign]
         else:
             self.recv_batch = self._recv_batch_plain  # type: ignore[method-assign]
 
-    def _open(self, receive: bool, rcvbuf: int, ring_size: int) -> socket.socket:
+    def _open(
+        self, receive: bool, rcvbuf: int, ring_size: int
+    ) -> tuple[socket.socket, RxRing | None]:
         # Protocol 0 receives nothing until bound with another: no frame of another
         # interface slips in while the options are being set, and a socket bound with
         # protocol 0 never receives at all (it is on no list of packet taps).
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        ring: RxRing | None = None
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -207,15 +210,14 @@ class DeviceSocket:
             sock.setblocking(False)
             if ring_size > 0:
                 with contextlib.suppress(OSError):  # refused: read with recvmsg instead
-                    self._ring = RxRing(sock, ring_size, restore_vlan=self._restore_vlan)
+                    ring = RxRing(sock, ring_size, restore_vlan=self._restore_vlan)
             sock.bind((self.ifname, ETH_P_ALL if receive else 0))
         except BaseException:
-            if self._ring is not None:
-                self._ring.close()
-                self._ring = None
+            if ring is not None:
+                ring.close()
             sock.close()
             raise
-        return sock
+        return sock, ring
 
     # -- identity ----------------------------------------------------------------
 
@@ -298,7 +300,7 @@ class DeviceSocket:
         ns_fd = fcntl.ioctl(old.fileno(), SIOCGSKNS)
         try:
             with entered(f"/proc/self/fd/{ns_fd}"):
-                new = self._open(False, 0, 0)
+                new, _ = self._open(False, 0, 0)
         finally:
             os.close(ns_fd)
         try:
