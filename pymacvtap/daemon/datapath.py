@@ -122,7 +122,7 @@ class SoftwarePath:
         frontend = rt.frontend
         ep = rt.ep
         loop = self.loop
-        captured = self._captured
+        from_endpoint = self.from_endpoint
         # Reading until the fd is empty costs one more read that fails (EAGAIN) per
         # wake-up, which is most of a lone frame's reading cost.  Where the fd is
         # level-triggered, a fd that was not ready on the previous poll gets one
@@ -130,7 +130,6 @@ class SoftwarePath:
         # batches from then on.
         single_first = frontend.level_triggered
         last = -2
-        sends_when_up = rt.cfg.kind.netdev_is_endpoint
 
         def on_readable() -> None:
             nonlocal last
@@ -140,24 +139,27 @@ class SoftwarePath:
             budget = 1 if single_first and now != last + 1 else RX_BATCH
             last = now
             frames = frontend.read(fd, budget)
-            if frames and not ep.up and sends_when_up:
-                self.behind()
-            port = ep.port
-            if port is None:
-                return
-            from_endpoint = port.forward_from_endpoint
-            if rt.captures is not None:
-                captured(rt, "tx", frames)
-            for frame in frames:
-                from_endpoint(ep, frame)
+            if frames:
+                from_endpoint(rt, frames)
 
         return on_readable
 
-    def behind(self) -> None:
-        """Frames came from an endpoint's netdev while the engine holds it down: catch up
-        with the link events first (the engine then drops them only if it is still down)."""
-        if self.catch_up is not None:
+    def from_endpoint(self, rt: EndpointRuntime, frames: list[Frame]) -> None:
+        """A batch the endpoint sent, captured and handed to the engine (whichever fd it
+        was read from: the frontend's, or on the fast path the inbox)."""
+        ep = rt.ep
+        if not ep.up and rt.cfg.kind.netdev_is_endpoint and self.catch_up is not None:
+            # A container's netdev that sends is up: the engine holds it down only until
+            # it has caught up with the link events (then drops them if it still is).
             self.catch_up()
+        port = ep.port
+        if port is None:
+            return
+        if rt.captures is not None:
+            self._captured(rt, "tx", frames)
+        forward = port.forward_from_endpoint
+        for frame in frames:
+            forward(ep, frame)
 
     @staticmethod
     def _lower_reader(lower: LowerRuntime) -> Callable[[], None]:

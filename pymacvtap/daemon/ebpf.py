@@ -33,6 +33,7 @@ from typing import Any
 
 from pymacvtap.bpf.tables import Counters, Device, Tables, changes, derive
 from pymacvtap.core.engine import Engine
+from pymacvtap.core.frame import Frame
 from pymacvtap.daemon.datapath import RX_BATCH, SoftwarePath
 from pymacvtap.daemon.inbox import Inbox, key_of, remove_left_inboxes
 from pymacvtap.daemon.runtime import EndpointRuntime, LowerRuntime
@@ -143,33 +144,35 @@ class EbpfPath(SoftwarePath):
         return on_readable
 
     def _read_inbox(self, inbox: DeviceSocket) -> None:
-        """What the programs left to the daemon, each frame to its sender's port."""
+        """What the programs left to the daemon, each frame to its sender's port.
+
+        A socket serves one label, so a batch is one device's (a label given back is
+        drained first); the endpoint's frames go to the engine together.
+        """
         frames = inbox.recv_batch(RX_BATCH)
         labels = inbox.labels
         assert labels is not None
         senders = self._senders
         queue_mask = ~(0xF << LABEL_BITS)
-        caught_up = False
+        batch: list[Frame] = []
+        holder: EndpointRuntime | None = None
         for frame, label in zip(frames, labels, strict=True):
             sender = senders.get(label & queue_mask) if label >= 0 else None
             if sender is None:
                 self.inbox_unknown += 1
             elif isinstance(sender, LowerRuntime):
                 sender.port.forward_from_lower(frame)
-            else:
-                if not sender.ep.up and not caught_up and sender.cfg.kind.netdev_is_endpoint:
-                    # The program handed it over for this (endpoint_ingress): catch up.
-                    self.behind()
-                    caught_up = True
-                port = sender.ep.port
-                if port is None:
-                    continue
+            elif sender.ep.port is not None:  # else it is on its way out: as unread
+                if sender is not holder:
+                    if holder is not None:
+                        self.from_endpoint(holder, batch)
+                    holder, batch = sender, []
                 frontend = sender.frontend
                 if isinstance(frontend, VmTapFrontend):
                     frontend.from_guest((label >> LABEL_BITS) & 0xF, frame)
-                if sender.captures is not None:
-                    self._captured(sender, "tx", [frame])
-                port.forward_from_endpoint(sender.ep, frame)
+                batch.append(frame)
+        if holder is not None:
+            self.from_endpoint(holder, batch)
 
     # -- the maps ------------------------------------------------------------------------
 

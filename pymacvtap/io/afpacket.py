@@ -568,20 +568,24 @@ def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> Non
         sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
-def _label(anc: list[tuple[int, int, bytes]]) -> int:
-    """The stripped tag as a label (:func:`~pymacvtap.io.rxring.label_of`), from PACKET_AUXDATA."""
+def _auxdata_tag(anc: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
+    """(tp_status, tci, tpid) of the frame's PACKET_AUXDATA, if it came with one."""
     for level, kind, data in anc:
         if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
             status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
-            return label_of(status, tci, tpid)
-    return -1
+            return status, tci, tpid
+    return None
+
+
+def _label(anc: list[tuple[int, int, bytes]]) -> int:
+    """The stripped tag as a label (:func:`~pymacvtap.io.rxring.label_of`), from PACKET_AUXDATA."""
+    aux = _auxdata_tag(anc)
+    return -1 if aux is None else label_of(*aux)
 
 
 def _stripped_vlan(anc: list[tuple[int, int, bytes]]) -> bytes | None:
     """The 4-byte 802.1Q/802.1ad tag the device stripped, from PACKET_AUXDATA, if any."""
-    for level, kind, data in anc:
-        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-            status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
-            if status & TP_STATUS_VLAN_VALID:
-                return vlan_tag(status, tci, tpid)
-    return None
+    aux = _auxdata_tag(anc)
+    if aux is None or not aux[0] & TP_STATUS_VLAN_VALID:
+        return None
+    return vlan_tag(*aux)
