@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /* pymacvtap's kernel fast path: the engine's unicast decisions (core/port.py).
  *
- * lower_ingress     Port.from_lower, unicast part   (tc clsact ingress of a lower)
+ * lower_ingress     Port.from_lower, unicast part   (tc ingress of a lower: tcx or clsact)
  * endpoint_ingress  Port.from_endpoint, unicast part (tc ingress of a veth peer or tap)
  * inbox_ingress     drops what reaches the daemon's inbox device, once the daemon's
  *                   sockets there have it (the host stack has no use for it)
@@ -353,6 +353,9 @@ static __always_inline void count_not_ours(__u32 slot)
  * copy goes, and the label comes off again); from an endpoint's device it is the
  * daemon's alone.  With no inbox or no label (a device the daemon is still setting
  * up) the frame goes on as if no program were there. */
+/* A frame that goes on to the host's stack is TC_ACT_UNSPEC, not TC_ACT_OK: on both hooks
+ * that lets the programs and filters after ours on the device (a user's, on a lower) see
+ * it as if ours were not there; TC_ACT_OK would end the device's ingress programs here. */
 static __always_inline int to_daemon(struct __sk_buff *skb, const int from_lower)
 {
 	__u32 zero = 0, ifindex = skb->ingress_ifindex;
@@ -360,19 +363,19 @@ static __always_inline int to_daemon(struct __sk_buff *skb, const int from_lower
 	struct fp_label *label = bpf_map_lookup_elem(&labels, &ifindex);
 
 	if (!target || !*target || !label)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	__u16 tci = label->id & (FP_MAX_LABELS - 1);
 	if (label->queued && skb->queue_mapping)
 		tci |= ((skb->queue_mapping - 1) & 0xf) << FP_LABEL_BITS;
 	__be16 proto = bpf_htons(label->endpoint ? ETH_P_8021AD_ : ETH_P_8021Q_);
 	if (bpf_skb_vlan_push(skb, proto, tci))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	skb->cb[1] = *target;
 	if (!from_lower)
 		return bpf_redirect(*target, BPF_F_INGRESS);
 	bpf_clone_redirect(skb, *target, BPF_F_INGRESS);
 	bpf_skb_vlan_pop(skb);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int act(struct __sk_buff *skb, int action, struct verdict *v,
@@ -393,7 +396,7 @@ static __always_inline int act(struct __sk_buff *skb, int action, struct verdict
 	case FP_DROP:
 		return TC_ACT_SHOT;
 	case FP_HOST:
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	return to_daemon(skb, from_lower);
 }

@@ -335,7 +335,11 @@ def choose(choice: str, loop: Loop, engine: Engine) -> SoftwarePath:
         inbox.close()
         fastpath.close()
         raise
-    log.info("data path: ebpf (the fast path's programs loaded; %s)", _why(choice))
+    log.info(
+        "data path: ebpf (the fast path's programs loaded, on the %s hook; %s)",
+        fastpath.hook,
+        _why(choice),
+    )
     return path
 
 

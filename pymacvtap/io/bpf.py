@@ -3,7 +3,7 @@
 libbpf (Debian's ``libbpf1``) is the kernel's reference loader: it reads the
 object ``make bpf`` compiled, creates the maps, relocates and loads the
 programs.  This module only hands it the file and then speaks to the maps and
-programs by fd.  Attaching is tc clsact, direct action, through pyroute2.
+programs by fd.  Putting the programs on devices is :mod:`pymacvtap.io.hooks`.
 
 Nothing here decides anything: the table contents come from
 :mod:`pymacvtap.bpf.tables`, as a list of operations applied in order.
@@ -12,13 +12,10 @@ Nothing here decides anything: the table contents come from
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from importlib import resources
 from pathlib import Path
-
-from pyroute2 import IPRoute
 
 from pymacvtap.bpf.tables import (
     ENDPOINT_SIZE,
@@ -41,6 +38,10 @@ from pymacvtap.bpf.tables import (
     stats_size,
     unpack_stats,
 )
+from pymacvtap.io import hooks
+from pymacvtap.io.libbpf import BpfError, TestRunOpts, check, libbpf
+
+__all__ = ["BpfError", "FastPath", "object_path"]
 
 PROGRAMS = ("lower_ingress", "endpoint_ingress", "inbox_ingress")
 MAPS = (
@@ -58,35 +59,7 @@ OBJECT_NAME = "fastpath.bpf.o"
 # fastpath.h: a label is 12 bits of a VLAN TCI, the top 4 a multi-queue tap's queue.
 LABEL_BITS = 12
 MAX_LABELS = 1 << LABEL_BITS
-TC_H_CLSACT_INGRESS = "ffff:fff2"
-TC_H_CLSACT_EGRESS = "ffff:fff3"
 _ENV_OBJECT = "PYMACVTAP_BPF_OBJECT"
-
-
-class BpfError(Exception):
-    """The fast path cannot be used here; the message says why (for ``--datapath auto``)."""
-
-
-class _TestRunOpts(ctypes.Structure):
-    """``struct bpf_test_run_opts`` of libbpf 1.1 (bpf.h)."""
-
-    _fields_ = (
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    )
 
 
 # struct __sk_buff (linux/bpf.h): the fields BPF_PROG_TEST_RUN lets a test set.
@@ -97,35 +70,6 @@ _SKB_GSO_SEGS = 164
 _SKB_GSO_SIZE = 176
 
 
-def _libbpf() -> ctypes.CDLL:
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as exc:
-        raise BpfError(f"libbpf not found ({exc}): install the libbpf1 package") from None
-    vp, i = ctypes.c_void_p, ctypes.c_int
-    signatures: dict[str, tuple[object, list[object]]] = {
-        "bpf_object__open_file": (vp, [ctypes.c_char_p, vp]),
-        "bpf_object__load": (i, [vp]),
-        "bpf_object__close": (None, [vp]),
-        "bpf_object__find_program_by_name": (vp, [vp, ctypes.c_char_p]),
-        "bpf_object__find_map_by_name": (vp, [vp, ctypes.c_char_p]),
-        "bpf_program__fd": (i, [vp]),
-        "bpf_map__fd": (i, [vp]),
-        "bpf_map_update_elem": (i, [i, vp, vp, ctypes.c_uint64]),
-        "bpf_map_lookup_elem": (i, [i, vp, vp]),
-        "bpf_map_delete_elem": (i, [i, vp]),
-        "bpf_map_get_next_key": (i, [i, vp, vp]),
-        "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(_TestRunOpts)]),
-        "libbpf_num_possible_cpus": (i, []),
-    }
-    for fn, (restype, argtypes) in signatures.items():
-        func = getattr(lib, fn)
-        func.restype = restype
-        func.argtypes = argtypes
-    return lib
-
-
 def object_path() -> Path:
     """The compiled programs: ``$PYMACVTAP_BPF_OBJECT``, else beside the sources."""
     override = os.environ.get(_ENV_OBJECT)
@@ -134,18 +78,14 @@ def object_path() -> Path:
     return Path(str(resources.files("pymacvtap.bpf").joinpath(OBJECT_NAME)))
 
 
-def _check(ret: int, what: str) -> None:
-    # libbpf 1.x returns -errno and sets errno.
-    if ret < 0:
-        code = -ret
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-
-
 class FastPath:
     """The loaded object: its programs' and maps' fds, until :meth:`close`."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._lib = _libbpf()
+    def __init__(self, path: Path | None = None, *, hook: hooks.Hook = "tcx") -> None:
+        """``hook``: how :meth:`attach` tries first (tests ask for "clsact" to cover the
+        kernels without tcx)."""
+        self._lib = libbpf()
+        self.hook: hooks.Hook = hook
         path = path or object_path()
         if not path.exists():
             raise BpfError(f"{path}: no compiled fast path (run `make bpf`)")
@@ -190,12 +130,12 @@ class FastPath:
 
     def _update(self, map_name: str, key: bytes, value: bytes) -> None:
         ret = self._lib.bpf_map_update_elem(self.map_fds[map_name], key, value, 0)
-        _check(ret, f"update {map_name}")
+        check(ret, f"update {map_name}")
 
     def _delete(self, map_name: str, key: bytes) -> None:
         ret = self._lib.bpf_map_delete_elem(self.map_fds[map_name], key)
         if ret < 0 and -ret != errno.ENOENT:
-            _check(ret, f"delete from {map_name}")
+            check(ret, f"delete from {map_name}")
 
     def _lookup(self, map_name: str, key: bytes, size: int) -> bytes | None:
         value = ctypes.create_string_buffer(size)
@@ -203,7 +143,7 @@ class FastPath:
         if ret < 0:
             if -ret == errno.ENOENT:
                 return None
-            _check(ret, f"lookup in {map_name}")
+            check(ret, f"lookup in {map_name}")
         return value.raw
 
     def contents(self) -> dict[str, dict[bytes, bytes]]:
@@ -294,8 +234,8 @@ class FastPath:
         ctx_out = ctypes.create_string_buffer(SKB_SIZE)
         data_in = ctypes.create_string_buffer(frame, len(frame))
         data_out = ctypes.create_string_buffer(len(frame) + 256)
-        opts = _TestRunOpts(
-            sz=ctypes.sizeof(_TestRunOpts),
+        opts = TestRunOpts(
+            sz=ctypes.sizeof(TestRunOpts),
             data_in=ctypes.cast(data_in, ctypes.c_void_p),
             data_out=ctypes.cast(data_out, ctypes.c_void_p),
             data_size_in=len(frame),
@@ -307,7 +247,7 @@ class FastPath:
             repeat=1,
         )
         ret = self._lib.bpf_prog_test_run_opts(self.prog_fds[prog], ctypes.byref(opts))
-        _check(ret, f"test run of {prog}")
+        check(ret, f"test run of {prog}")
         cb = ctx_out.raw[_SKB_CB : _SKB_CB + 12]
         action, ifindex, reason = (int.from_bytes(cb[i : i + 4], "little") for i in (0, 4, 8))
         return opts.retval, action, ifindex, reason
@@ -315,64 +255,23 @@ class FastPath:
     # -- attaching -----------------------------------------------------------
 
     def attach(self, ifindex: int, prog: str) -> None:
-        """``prog`` on the ingress of ``ifindex`` (clsact, direct action)."""
-        with IPRoute() as ipr:
-            try:
-                ipr.tc("add", "clsact", ifindex)
-            except Exception as exc:  # an existing clsact qdisc is fine
-                if getattr(exc, "code", None) != errno.EEXIST:
-                    raise
-            ipr.tc(
-                "add-filter",
-                "bpf",
-                ifindex,
-                ":1",
-                fd=self.prog_fds[prog],
-                name=prog,
-                parent=TC_H_CLSACT_INGRESS,
-                classid=1,
-                direct_action=True,
-            )
+        """``prog`` on the ingress of ``ifindex``: by tcx, or by clsact where the kernel
+        has no tcx (:attr:`hook` says which, once something is attached)."""
+        self.hook = hooks.attach(ifindex, self.prog_fds[prog], prog, self.hook)
 
     @staticmethod
     def detach(ifindex: int) -> None:
-        """Take our programs off ``ifindex``, and the clsact qdisc if nothing else is on it.
+        """Take our programs off ``ifindex`` (this daemon's or a killed one's, either hook).
 
-        Only filters running one of :data:`PROGRAMS` go: a user's own tc filters on a
-        lower (and the qdisc they hang on) stay.
+        Only :data:`PROGRAMS` go: a user's own programs and tc filters on a lower (and
+        the clsact qdisc they hang on) stay.
         """
-        with IPRoute() as ipr:
-            try:
-                for f in ipr.get_filters(index=ifindex, parent=TC_H_CLSACT_INGRESS):
-                    if f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS:
-                        ipr.tc(
-                            "del-filter",
-                            "bpf",
-                            ifindex,
-                            f["handle"],
-                            parent=TC_H_CLSACT_INGRESS,
-                            info=f["info"],
-                        )
-                others = [
-                    f
-                    for parent in (TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS)
-                    for f in ipr.get_filters(index=ifindex, parent=parent)
-                ]
-                if not others:
-                    ipr.tc("del", "clsact", ifindex)
-            except Exception as exc:  # no device, or no clsact qdisc: nothing of ours
-                if getattr(exc, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                    raise
+        hooks.detach(ifindex, PROGRAMS)
 
     @staticmethod
     def ours_attached(ifindex: int) -> bool:
         """Whether one of our programs is on the ingress of ``ifindex`` (a killed daemon's)."""
-        with IPRoute() as ipr:
-            try:
-                filters = ipr.get_filters(index=ifindex, parent=TC_H_CLSACT_INGRESS)
-            except Exception:  # no clsact qdisc, no device: nothing of ours
-                return False
-        return any(f.get(("TCA_OPTIONS", "TCA_BPF_NAME")) in PROGRAMS for f in filters)
+        return bool(hooks.attached(ifindex, PROGRAMS))
 
 
 def _u32(value: int) -> bytes:

@@ -45,7 +45,8 @@ from .conftest import SCALE
 
 pytestmark = pytest.mark.root  # BPF_PROG_LOAD and BPF_PROG_TEST_RUN
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+# TC_ACT_UNSPEC (-1) as the u32 BPF_PROG_TEST_RUN returns: the frame goes on, past ours.
+TC_ACT_UNSPEC, TC_ACT_SHOT, TC_ACT_REDIRECT = 0xFFFFFFFF, 2, 7
 LOWER = "eth0"
 LOWER_IFINDEX = 100
 INBOX_IFINDEX = 0x7FFF0001  # no such device: a test run hands nothing over for real
@@ -322,15 +323,15 @@ def check(fastpath: FastPath, config: Config, specs: list[FrameSpec]) -> list[in
             assert left_to_daemon(d, spec, tables, sender), explain
             if ingress == 999:
                 # No device, no label: nothing to hand over, as if no program ran.
-                assert verdict == TC_ACT_OK and ifindex == 0, explain
+                assert verdict == TC_ACT_UNSPEC and ifindex == 0, explain
             else:
                 # Handed to the daemon's inbox: a lower's frame stays the host's too
                 # (a copy goes), an endpoint device's goes over whole.
                 assert ifindex == INBOX_IFINDEX, explain
-                assert verdict == (TC_ACT_OK if sender is None else TC_ACT_REDIRECT), explain
+                assert verdict == (TC_ACT_UNSPEC if sender is None else TC_ACT_REDIRECT), explain
         elif action == HOST:
             # A unicast frame from the wire for no endpoint: the host's alone.
-            assert verdict == TC_ACT_OK and sender is None, explain
+            assert verdict == TC_ACT_UNSPEC and sender is None, explain
             assert d.outcome is Outcome.NOT_OURS or (
                 d.outcome is Outcome.DROPPED and d.reason is DropReason.OVERSIZE_FROM_LOWER
             ), explain

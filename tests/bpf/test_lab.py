@@ -26,8 +26,9 @@ from lab.topology import Lab, mac_str
 from pymacvtap.bpf.tables import Device, Tables, changes, derive
 from pymacvtap.core import Engine, Frame, Mode
 from pymacvtap.daemon.inbox import Inbox, key_of
+from pymacvtap.io import hooks
 from pymacvtap.io.afpacket import PACKET_FANOUT_CBPF, DeviceSocket
-from pymacvtap.io.bpf import FastPath
+from pymacvtap.io.bpf import PROGRAMS, FastPath
 from pymacvtap.io.tap import Tap
 
 pytestmark = pytest.mark.root
@@ -71,8 +72,11 @@ def ifindex(netns: str, name: str) -> int:
 
 
 @pytest.fixture
-def fast_lab(compiled: Path) -> Iterator[FastLab]:
-    with Lab() as lab, FastPath(compiled) as fastpath:
+def fast_lab(request: pytest.FixtureRequest, compiled: Path) -> Iterator[FastLab]:
+    """``request.param`` (indirect): the hook to attach by, "tcx" unless a test asks for
+    "clsact" (what a kernel without tcx gets)."""
+    hook = getattr(request, "param", "tcx")
+    with Lab() as lab, FastPath(compiled, hook=hook) as fastpath:
         lab.add_lower(LOWER, LOWER_MAC, hairpin=True)
         engine = Engine(lambda n: bytes(n))
         engine.add_lower(LOWER, LOWER_MAC)
@@ -107,6 +111,7 @@ def fast_lab(compiled: Path) -> Iterator[FastLab]:
                     label, _ = inbox.give(name, endpoint=True)
                     fastpath.set_label(devices[name].ifindex, label, endpoint=True, queued=False)
                     fastpath.attach(devices[name].ifindex, "endpoint_ingress")
+            assert fastpath.hook == hook
             yield FastLab(lab, fastpath, tables, netns, engine, devices, inbox)
         finally:
             with in_netns(lab.host):
@@ -151,6 +156,7 @@ def icmp_between(frames: list[bytes]) -> list[bytes]:
     return [f for f in frames if f[0:6] in macs and f[6:12] in macs and f[23:24] == b"\x01"]
 
 
+@pytest.mark.parametrize("fast_lab", ["tcx", "clsact"], indirect=True)
 def test_vepa_pings_both_ways_through_the_hairpin_without_the_daemon(fast_lab: FastLab) -> None:
     lab, fastpath = fast_lab.lab, fast_lab.fastpath
     sockets = {dev: sniffer(lab, dev) for dev in (LOWER, "pv-c1", "pv-c2")}
@@ -176,6 +182,7 @@ def test_vepa_pings_both_ways_through_the_hairpin_without_the_daemon(fast_lab: F
     assert fastpath.counters("lower_stats", lower.slot).rx_packets >= 12
 
 
+@pytest.mark.parametrize("fast_lab", ["tcx", "clsact"], indirect=True)
 def test_what_the_programs_leave_reaches_the_inbox_labelled_by_its_device(
     fast_lab: FastLab,
 ) -> None:
@@ -291,26 +298,32 @@ def tc_filters(netns: str, dev: str) -> str:
     ).stdout  # fmt: skip
 
 
+@pytest.mark.parametrize("fast_lab", ["tcx", "clsact"], indirect=True)
 def test_detaching_leaves_a_users_own_filters_on_the_lower(fast_lab: FastLab) -> None:
     host = fast_lab.lab.host
+    lower = ifindex(host, LOWER)
     # A filter of the user's (classic BPF, "pass"; this kernel has no other classifier).
+    subprocess.run(["ip", "netns", "exec", host, "tc", "qdisc", "replace", "dev", LOWER, "clsact"],
+                   check=True)  # fmt: skip
     subprocess.run(
         ["ip", "netns", "exec", host, "tc", "filter", "add", "dev", LOWER, "ingress",
          "pref", "7", "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1"],
         check=True,
     )  # fmt: skip
-    assert "lower_ingress" in tc_filters(host, LOWER)
     with in_netns(host):
-        FastPath.detach(ifindex(host, LOWER))
-        assert not FastPath.ours_attached(ifindex(host, LOWER))
+        assert hooks.attached(lower, PROGRAMS) == [(fast_lab.fastpath.hook, "lower_ingress")]
+        FastPath.detach(lower)
+        assert not FastPath.ours_attached(lower)
+        assert hooks.attached(lower, PROGRAMS) == []
     left = tc_filters(host, LOWER)
     assert "lower_ingress" not in left and "bytecode" in left
-    # Where nothing else was on it, the clsact qdisc goes with our program.
-    peer = f"pv-{next(iter(MACS))}"
+    # Where nothing else was on it, no clsact qdisc stays behind our program.
+    name = next(iter(MACS))
     with in_netns(host):
-        FastPath.detach(fast_lab.devices[next(iter(MACS))].ifindex)
+        FastPath.detach(fast_lab.devices[name].ifindex)
+        assert hooks.attached(fast_lab.devices[name].ifindex, PROGRAMS) == []
     qdiscs = subprocess.run(
-        ["ip", "netns", "exec", host, "tc", "qdisc", "show", "dev", peer],
+        ["ip", "netns", "exec", host, "tc", "qdisc", "show", "dev", f"pv-{name}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "clsact" not in qdiscs

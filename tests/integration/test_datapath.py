@@ -22,7 +22,10 @@ from lab import Lab, ip, ip_json
 from lab.capture import PacketSocket
 from lab.daemon import DaemonProcess, wait_until
 from lab.fixtures import LOWER_MAC, SUBNET, Containers
+from lab.netns import in_netns
 from pymacvtap.daemon.ebpf import HARVEST_SECONDS
+from pymacvtap.io import hooks
+from pymacvtap.io.bpf import PROGRAMS
 
 pytestmark = pytest.mark.root
 
@@ -86,32 +89,35 @@ def test_the_fast_path_forwards_with_its_own_programs_only(
     peers = [link["ifname"] for link in links if str(link["ifname"]).startswith("pmv-")]
     assert sorted(peers) == ["pmv-c1", "pmv-c2", "pmv-c3"]
     assert tc_json(host, "actions", "ls", "action", "mirred") == []
+    # Our programs, each on its device's ingress by tcx (this kernel has it): no tc
+    # classifier, no tc action, no qdisc.
+    index = {str(link["ifname"]): int(link["ifindex"]) for link in links}
+    with in_netns(host):
+        on = {dev: hooks.attached(index[dev], PROGRAMS) for dev in [*peers, "low0"]}
+    assert on == {
+        **{peer: [("tcx", "endpoint_ingres")] for peer in peers},  # 15 characters kept
+        "low0": [("tcx", "lower_ingress")],
+    }, on
     for dev in [*peers, "low0"]:
-        filters = tc_json(host, "filter", "show", "dev", dev, "ingress")
-        bpf = [f for f in filters if f.get("kind") == "bpf"]
-        assert bpf, dev
-        for f in filters:
-            assert "actions" not in json.dumps(f), f
+        qdiscs = tc_json(host, "qdisc", "show", "dev", dev)
+        assert not [q for q in qdiscs if q.get("kind") in ("clsact", "ingress")], qdiscs
+    assert "on the tcx hook" in daemon.log()
     shown = {e["ifname"]: e["datapath"] for e in daemon.show()}
     assert shown == {"c1": "ebpf", "c2": "ebpf", "c3": "ebpf"}
     # The daemon receives on its inbox alone: no packet socket is hooked into the
     # receive path of a device that forwards (R, "running", in /proc/net/packet).
-    index = {int(link["ifindex"]): str(link["ifname"]) for link in links}
-    hooked = {index.get(ifindex, str(ifindex)) for ifindex in hooked_packet_sockets(host)}
+    names = {int(link["ifindex"]): str(link["ifname"]) for link in links}
+    hooked = {names.get(ifindex, str(ifindex)) for ifindex in hooked_packet_sockets(host)}
     assert len(hooked) == 1 and hooked.pop().startswith("pmvtin"), hooked
     # Counted as on the Python path: the programs' counts are in link show -s.
     stats = daemon.show("c1", stats=True)["stats64"]
     assert stats["tx"]["packets"] >= 2 and stats["rx"]["packets"] >= 2, stats
     # A clean stop takes the programs away.
     daemon.stop()
-    for dev in [*peers, "low0"]:
-        with_filters = subprocess.run(
-            ["ip", "netns", "exec", host, "tc", "-j", "filter", "show", "dev", dev, "ingress"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert json.loads(with_filters.stdout or "[]") == [] or with_filters.returncode != 0
+    with in_netns(host):
+        assert {dev: hooks.attached(index[dev], PROGRAMS) for dev in [*peers, "low0"]} == {
+            dev: [] for dev in [*peers, "low0"]
+        }
     assert not [link for link in ip_json(host, "link", "show") if "pmvtin" in link["ifname"]]
 
 
