@@ -208,28 +208,41 @@ static __always_inline int to_endpoint(struct verdict *v, struct fp_endpoint *ep
 static __always_inline int from_lower(struct __sk_buff *skb, struct verdict *v)
 {
 	__u32 ifindex = skb->ingress_ifindex;
-	struct fp_lower *lower = bpf_map_lookup_elem(&lowers, &ifindex);
+	struct fp_lower *lower;
 	struct fp_endpoint *ep;
 	struct ethhdr eth;
 
-	if (!lower || !lower->fast)
-		return FP_PASS;
-	v->lower = lower;
 	if (load_eth(skb, &eth))
 		return FP_PASS; /* a runt: the daemon counts it */
-	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
-	if (over < 0)
-		return FP_PASS;
 	if (eth.h_dest[0] & 1)
 		return FP_PASS; /* group frames: the broadcast queue is the daemon's */
 
+	/* The endpoint the frame is addressed to carries its lower's entry: for the
+	 * frames the programs forward that is the only lookup.  On a passthru lower the
+	 * one endpoint takes every unicast, whatever its destination. */
 	struct fp_key key = { .lower = ifindex };
+	__builtin_memcpy(key.mac, eth.h_dest, ETH_ALEN);
+	ep = bpf_map_lookup_elem(&endpoints, &key);
+	if (ep) {
+		lower = &ep->on;
+	} else {
+		lower = bpf_map_lookup_elem(&lowers, &ifindex);
+		if (lower && lower->passthru) {
+			__builtin_memcpy(key.mac, lower->passthru_mac, ETH_ALEN);
+			ep = bpf_map_lookup_elem(&endpoints, &key);
+		}
+	}
+	if (!lower || !lower->fast)
+		return FP_PASS;
+	v->lower = lower;
+	int over = oversize(skb, lower->mtu, bpf_ntohs(eth.h_proto));
+	if (over < 0)
+		return FP_PASS;
+
 	__builtin_memcpy(key.mac, eth.h_source, ETH_ALEN);
 	if (lower->sources && bpf_map_lookup_elem(&sources, &key))
 		return FP_PASS; /* a source-mode endpoint gets a copy (_forward_source) */
 
-	__builtin_memcpy(key.mac, lower->passthru ? lower->passthru_mac : eth.h_dest, ETH_ALEN);
-	ep = bpf_map_lookup_elem(&endpoints, &key);
 	if (!lower->passthru && (!ep || !ep->up || ep->mode == FP_SOURCE)) {
 		/* Not ours: the host's (Port._settle's NOT_OURS).  Unless a macnat endpoint
 		 * may claim it (frames for the lower's MAC), the daemon need not see it: the
@@ -267,8 +280,8 @@ static __always_inline int from_endpoint(struct __sk_buff *skb, struct verdict *
 	if (!ep || !ep->fast)
 		return FP_PASS;
 	v->from = ep;
-	lower = bpf_map_lookup_elem(&lowers, &ep->lower);
-	if (!lower || !lower->fast)
+	lower = &ep->on;
+	if (!lower->fast)
 		return FP_PASS;
 	v->lower = lower;
 	if (load_eth(skb, &eth))

@@ -36,6 +36,18 @@ struct fp_key {
 	__u8 pad[2];
 };
 
+struct fp_lower {
+	__u32 mtu;
+	__u32 slot;     /* index in lower_stats */
+	__u8 up;        /* carrier */
+	__u8 fast;
+	__u8 passthru;  /* passthru_mac names the one endpoint that takes every unicast */
+	__u8 sources;   /* 1: some source-mode endpoint listens here (look in sources) */
+	__u8 passthru_mac[6];
+	__u8 claims;    /* 1: a macnat endpoint may claim frames for the host: all the daemon's */
+	__u8 pad2;
+};
+
 struct fp_endpoint {
 	__u32 ifindex;  /* the daemon-side device: a container's veth peer, a VM's tap */
 	__u32 lower;
@@ -48,18 +60,9 @@ struct fp_endpoint {
 	__u8 peer;      /* 1: a veth peer (bpf_redirect_peer); 0: a tap (bpf_redirect) */
 	__u8 mac[6];
 	__u8 pad;
-};
-
-struct fp_lower {
-	__u32 mtu;
-	__u32 slot;     /* index in lower_stats */
-	__u8 up;        /* carrier */
-	__u8 fast;
-	__u8 passthru;  /* passthru_mac names the one endpoint that takes every unicast */
-	__u8 sources;   /* 1: some source-mode endpoint listens here (look in sources) */
-	__u8 passthru_mac[6];
-	__u8 claims;    /* 1: a macnat endpoint may claim frames for the host: all the daemon's */
-	__u8 pad2;
+	/* A copy of its lower's entry in lowers: a frame for or from an endpoint costs
+	 * one hash lookup, not two.  Written with the endpoint whenever either changes. */
+	struct fp_lower on;
 };
 
 struct fp_stats {

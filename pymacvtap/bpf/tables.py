@@ -38,10 +38,11 @@ DROP_MAX = 8
 PASS, TO_PEER, TO_DEV, DROP, HOST = 0, 1, 2, 3, 4
 
 _KEY = struct.Struct("<I6s2x")
-_ENDPOINT = struct.Struct("<IIIIBBBBB6sx")
+_ENDPOINT = struct.Struct("<IIIIBBBBB6sx")  # followed by its lower's entry (``on``)
 _LOWER = struct.Struct("<IIBBBB6sBx")
 _STATS = struct.Struct(f"<4Q{DROP_MAX}QQ")
-KEY_SIZE, ENDPOINT_SIZE, LOWER_SIZE = _KEY.size, _ENDPOINT.size, _LOWER.size
+KEY_SIZE, LOWER_SIZE = _KEY.size, _LOWER.size
+ENDPOINT_SIZE = _ENDPOINT.size + LOWER_SIZE
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class EndpointEntry:
     mtu: int
     spoofchk: bool
     slot: int
+    # Its lower's entry, copied into the endpoint's (fastpath.h: struct fp_endpoint.on),
+    # so that the programs find both in one lookup; an endpoint's entry changes with it.
+    on: LowerEntry
     ifindex: int = 0  # 0: no device of its own (a socket frontend)
     peer: bool = False
     fast: bool = True
@@ -131,7 +135,7 @@ def derive(
             if any(ep.up for ep in listeners)
         }
         sources |= listened
-        tables.lowers[ifindex] = LowerEntry(
+        lower = tables.lowers[ifindex] = LowerEntry(
             port.name,
             ifindex,
             port.mtu,
@@ -152,6 +156,7 @@ def derive(
                 ep.mtu,
                 ep.spoofchk,
                 endpoint_slots[ep.name],
+                lower,
                 ifindex=device.ifindex if device else 0,
                 peer=device.peer if device else False,
                 # A macnat endpoint's frames are rewritten: the daemon's (SPEC 9).
@@ -249,8 +254,9 @@ def changes(old: Tables, new: Tables) -> list[Op]:
 
     Two phases.  First everything that changes is taken from the programs: gone
     entries deleted, changed ones written with ``fast`` off (their frames go to
-    the daemon, whose engine already has the new configuration), new source
-    listeners added.  Then the final entries are written.  A frame the programs
+    the daemon, whose engine already has the new configuration; an endpoint's
+    entry changes with its lower's, whose copy it carries), new source listeners
+    added.  Then the final entries are written.  A frame the programs
     see in between is the daemon's: none is forwarded by the old rules, nor by a
     half-written new one.  Counter slots given to a new name are zeroed before
     anything can count into them.
@@ -271,16 +277,24 @@ def withdraw(old: Tables, new: Tables) -> list[Op]:
         now_ep = new.endpoints.get(key)
         if now_ep is None:
             restrict.append(DeleteEndpoint(*key))
-        elif now_ep != entry and entry.fast:
-            restrict.append(PutEndpoint(dataclasses.replace(now_ep, fast=False)))
+        elif now_ep != entry:
+            # Even the entry of an endpoint the daemon serves decides (by its lower's
+            # copy) that a frame for it while it is down is the host's: withdrawn too.
+            restrict.append(PutEndpoint(withdrawn(now_ep)))
     for ifindex, owner in old.devices.items():
         now_ep = new.endpoints.get(owner)
         if new.devices.get(ifindex) != owner or now_ep is None:
             restrict.append(DeleteDevice(ifindex))
         elif now_ep != old.endpoints[owner] and old.endpoints[owner].fast:
-            restrict.append(PutDevice(ifindex, dataclasses.replace(now_ep, fast=False)))
+            restrict.append(PutDevice(ifindex, withdrawn(now_ep)))
     restrict.extend(PutSource(*key) for key in sorted(new.sources - old.sources))
     return restrict
+
+
+def withdrawn(entry: EndpointEntry) -> EndpointEntry:
+    """``entry`` as the first phase of :func:`changes` writes it: the programs decide
+    nothing by it, neither for the endpoint nor (by its copy) for its lower."""
+    return dataclasses.replace(entry, fast=False, on=dataclasses.replace(entry.on, fast=False))
 
 
 def install(old: Tables, new: Tables) -> list[Op]:
@@ -316,9 +330,10 @@ def pack_key(lower: int, mac: bytes) -> bytes:
 
 
 def pack_endpoint(e: EndpointEntry) -> bytes:
-    return _ENDPOINT.pack(
+    own = _ENDPOINT.pack(
         e.ifindex, e.lower, e.mtu, e.slot, int(e.mode), e.up, e.spoofchk, e.fast, e.peer, e.mac
     )
+    return own + pack_lower(e.on)
 
 
 def pack_lower(lower: LowerEntry) -> bytes:

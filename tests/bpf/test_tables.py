@@ -23,6 +23,7 @@ from pymacvtap.bpf.tables import (
     install,
     unpack_stats,
     withdraw,
+    withdrawn,
 )
 from pymacvtap.core import DropReason, Engine, Mode
 from pymacvtap.core.stats import EndpointStats, LowerStats
@@ -116,7 +117,8 @@ def test_a_changed_endpoint_leaves_the_fast_path_before_it_returns() -> None:
     new = derive(engine, {"eth0": 5}, DEVICES, previous=old)
     ops = changes(old, new)
     entry = new.endpoints[(5, MAC_A)]
-    slow = dataclasses.replace(entry, fast=False)
+    slow = withdrawn(entry)
+    assert not slow.fast and not slow.on.fast
     # The device's copy (what endpoint_ingress reads) follows the entry, phase by phase.
     assert ops == [PutEndpoint(slow), PutDevice(11, slow), PutEndpoint(entry), PutDevice(11, entry)]
 
@@ -143,16 +145,23 @@ def test_source_listeners_are_added_first_and_removed_last() -> None:
     engine.macaddr("s", "set", [MAC_B])
     new = derive(engine, {"eth0": 5}, DEVICES, previous=old)
     # The lower's "look in sources" flag changes with them, so the lower leaves the
-    # fast path for the change.
+    # fast path for the change, and with it every endpoint (each carries its copy).
     lower = new.lowers[5]
     assert lower.sources and not old.lowers[5].sources
-    slow = dataclasses.replace(lower, fast=False)
-    assert changes(old, new) == [PutLower(5, slow), PutSource(5, MAC_B), PutLower(5, lower)]
-    assert changes(new, old) == [
-        PutLower(5, dataclasses.replace(old.lowers[5], fast=False)),
-        PutLower(5, old.lowers[5]),
-        DeleteSource(5, MAC_B),
+    ops = changes(old, new)
+    split = ops.index(PutSource(5, MAC_B)) + 1
+    first, second = ops[:split], ops[split:]
+    assert first[0] == PutLower(5, dataclasses.replace(lower, fast=False))
+    assert [op for op in first if isinstance(op, PutEndpoint)] == [
+        PutEndpoint(withdrawn(e)) for e in new.endpoints.values()
     ]
+    assert second[0] == PutLower(5, lower)
+    assert [op for op in second if isinstance(op, PutEndpoint)] == [
+        PutEndpoint(e) for e in new.endpoints.values()
+    ]
+    back = changes(new, old)
+    assert back[0] == PutLower(5, dataclasses.replace(old.lowers[5], fast=False))
+    assert back[-1] == DeleteSource(5, MAC_B)
 
 
 @settings(max_examples=200, deadline=None)
@@ -160,7 +169,9 @@ def test_source_listeners_are_added_first_and_removed_last() -> None:
     st.lists(
         st.tuples(
             st.sampled_from(["a", "b"]),
-            st.sampled_from(["up", "down", "mode", "mtu", "spoofchk", "capture"]),
+            st.sampled_from(
+                ["up", "down", "mode", "mtu", "spoofchk", "capture", "lower-mtu", "carrier"]
+            ),
         ),
         max_size=6,
     )
@@ -180,6 +191,10 @@ def test_between_any_two_configurations_nothing_forwards_by_a_mix(steps: list) -
             engine.set_mtu(name, 1000 if ep.mtu == 1500 else 1500)
         elif what == "spoofchk":
             engine.set_spoofchk(name, not ep.spoofchk)
+        elif what == "lower-mtu":
+            engine.set_lower_mtu("eth0", 9000 if engine.ports["eth0"].mtu == 1500 else 1500)
+        elif what == "carrier":
+            engine.set_lower_carrier("eth0", not engine.ports["eth0"].up)
         else:
             captured ^= {name}
     new = derive(engine, {"eth0": 5}, DEVICES, capture=captured, previous=old)
@@ -198,9 +213,12 @@ def test_between_any_two_configurations_nothing_forwards_by_a_mix(steps: list) -
 
     for op in withdraw(old, new):
         apply(op)
-    # Whatever still forwards in between is unchanged: the same in old and new,
-    # in the endpoints map and in the devices' copies.
-    for ep in [*state.values(), *copies.values()]:
+    # Whatever the programs still decide by in between is unchanged: the same in old
+    # and new, in the endpoints map (with its lower's copy) and in the devices' copies.
+    for ep in state.values():
+        if ep.on.fast:
+            assert old.endpoints[(ep.lower, ep.mac)] == ep == new.endpoints[(ep.lower, ep.mac)]
+    for ep in copies.values():
         if ep.fast:
             assert old.endpoints[(ep.lower, ep.mac)] == ep == new.endpoints[(ep.lower, ep.mac)]
     # And the second phase ends in exactly the new tables.
