@@ -383,3 +383,19 @@ def run_guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return fn()
     except (MeasureError, OSError, subprocess.SubprocessError, KeyError, ValueError) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def median_round(runs: list[dict[str, Any]], figure: str | None) -> dict[str, Any]:
+    """The run whose ``figure`` is the median of the rounds, with every round's figure.
+
+    A whole run, not a per-key median: its CPU meter and loss belong to its figure.
+    """
+    if figure is None or len(runs) == 1:
+        return runs[0]
+    scored = [r for r in runs if isinstance(r.get(figure), (int, float))]
+    if not scored:
+        return runs[0]
+    scored.sort(key=lambda r: r[figure])
+    chosen = dict(scored[(len(scored) - 1) // 2])
+    chosen["rounds"] = [r.get(figure) for r in runs]
+    return chosen

@@ -43,6 +43,7 @@ from .measure import (
     IPERF_PORT,
     cpu_seconds,
     icmp_ping,
+    median_round,
     metered,
     netns_argv,
     on_one_cpu,
@@ -421,6 +422,7 @@ def run_bench(cfg: Config, workdir: Path, only: set[str] | None = None) -> dict[
                     stream_seconds=cfg.duration,
                     progress=progress,
                     settle=cfg.settle,
+                    rounds=cfg.rounds,
                 )
             results["daemon_stats_after"] = _daemon_stats(daemon)
             setups["pymacvtap"].remove_containers()
@@ -472,22 +474,6 @@ def _daemon_stats(daemon: BenchDaemon) -> Any:
         return daemon.show(stats=True)
     except Exception as exc:
         return {"error": str(exc)}
-
-
-def median_round(runs: list[dict[str, Any]], figure: str | None) -> dict[str, Any]:
-    """The run whose ``figure`` is the median of the rounds, with every round's figure.
-
-    A whole run, not a per-key median: its CPU meter and loss belong to its figure.
-    """
-    if figure is None or len(runs) == 1:
-        return runs[0]
-    scored = [r for r in runs if isinstance(r.get(figure), (int, float))]
-    if not scored:
-        return runs[0]
-    scored.sort(key=lambda r: r[figure])
-    chosen = dict(scored[(len(scored) - 1) // 2])
-    chosen["rounds"] = [r.get(figure) for r in runs]
-    return chosen
 
 
 def _brief(r: dict[str, Any]) -> str:

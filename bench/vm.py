@@ -52,6 +52,7 @@ from .measure import (
     MeasureError,
     cpu_seconds,
     json_result,
+    median_round,
     metered,
     netns_argv,
     percentile,
@@ -243,61 +244,60 @@ def with_cpu(vm: Vm, daemon_pid: int | None, measure: Callable[[], dict[str, Any
     return result
 
 
-def measure_guest(
-    vm: Vm, vm_address: str, setup: Setup, *, ping_count: int, stream_seconds: float
-) -> dict[str, Any]:
-    """Round trips, then throughput, each with the daemon's CPU (the kernel setup: none)."""
-    c2 = setup.containers["c2"]
-    vm.wait_for_marker("PMVT-READY", timeout=BOOT_TIMEOUT_S)
-    result: dict[str, Any] = {"boot_s": round(vm.booted_after or 0.0, 1)}
-    # ARP both ways and the first frames through the port, outside the measurements.
-    rc, out = vm.run(f"pmvt_wait_reply {c2.address} 30", timeout=60)
-    if rc != 0:
-        raise MeasureError(f"the VM gets no reply from c2 {c2.address}: {out}")
-    pid = setup.daemon_pid
-    result["rtt"] = with_cpu(vm, pid, lambda: guest_ping(vm, c2.address, ping_count))
-    with serving_a_file(vm):
-        time.sleep(0.5)  # the ping's queues drain
-        result["stream"] = with_cpu(
-            vm, pid, lambda: stream_from_guest(vm_address, c2.netns, stream_seconds)
-        )
-    return result
+@dataclass
+class Guest:
+    """One variant's VM, booted, answering c2 and serving the file."""
+
+    vm: Vm
+    address: str
+    setup: Setup
+    attach: str
+    boot_s: float = 0.0
+    rtt: list[dict[str, Any]] = field(default_factory=list)
+    stream: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_variant(
-    variant: str,
-    lab: Lab,
-    setup: Setup,
-    image: VmImage,
+def start_guest(
+    stack: contextlib.ExitStack, variant: str, lab: Lab, setup: Setup, image: VmImage,
     workdir: Path,
-    *,
-    ping_count: int,
-    stream_seconds: float,
-) -> dict[str, Any]:
+) -> Guest:  # fmt: skip
+    """Boot ``variant``'s VM on its port (everything it holds goes on ``stack``)."""
     mac = new_mac()
     name = ENDPOINT[variant]
-    with contextlib.ExitStack() as stack:
-        if variant == "kernel":
-            port = stack.enter_context(kernel_macvtap(lab, setup.lower, name, mac, workdir))
-        else:
-            frontend = "vhost-user" if variant == "pymacvtap_vhost_user" else "tap"
-            port = stack.enter_context(pymacvtap_endpoint(setup, name, mac, frontend, workdir))
-        stack.enter_context(switch_entry(lab, mac, lab.lowers[setup.lower].port))
-        vm_address = f"{SUBNET}.{VM_HOST[variant]}"
-        nic = Nic(
-            port.nic.netdev,
-            ip=f"{vm_address}/24",
-            mac=mac,
-            device_opts=port.nic.device_opts,
-        )
-        vm = stack.enter_context(
-            boot_vm(image, nic, stay=True, name=name, memory=GUEST_MEMORY_MIB, **port.boot)
-        )
-        result = measure_guest(
-            vm, vm_address, setup, ping_count=ping_count, stream_seconds=stream_seconds
-        )
-        result["attach"] = port.how
-        return result
+    if variant == "kernel":
+        port = stack.enter_context(kernel_macvtap(lab, setup.lower, name, mac, workdir))
+    else:
+        frontend = "vhost-user" if variant == "pymacvtap_vhost_user" else "tap"
+        port = stack.enter_context(pymacvtap_endpoint(setup, name, mac, frontend, workdir))
+    stack.enter_context(switch_entry(lab, mac, lab.lowers[setup.lower].port))
+    address = f"{SUBNET}.{VM_HOST[variant]}"
+    nic = Nic(port.nic.netdev, ip=f"{address}/24", mac=mac, device_opts=port.nic.device_opts)
+    vm = stack.enter_context(
+        boot_vm(image, nic, stay=True, name=name, memory=GUEST_MEMORY_MIB, **port.boot)
+    )
+    return Guest(vm, address, setup, port.how)
+
+
+def ready_guest(stack: contextlib.ExitStack, guest: Guest) -> None:
+    """Wait for the guest, resolve c2 both ways outside the measurements, start httpd."""
+    c2 = guest.setup.containers["c2"]
+    guest.vm.wait_for_marker("PMVT-READY", timeout=BOOT_TIMEOUT_S)
+    guest.boot_s = round(guest.vm.booted_after or 0.0, 1)
+    rc, out = guest.vm.run(f"pmvt_wait_reply {c2.address} 30", timeout=60)
+    if rc != 0:
+        raise MeasureError(f"the VM gets no reply from c2 {c2.address}: {out}")
+    stack.enter_context(serving_a_file(guest.vm))
+
+
+def measure_round(guest: Guest, *, ping_count: int, stream_seconds: float) -> None:
+    """Round trips, then throughput, each with the daemon's CPU (the kernel setup: none)."""
+    c2 = guest.setup.containers["c2"]
+    vm, pid = guest.vm, guest.setup.daemon_pid
+    guest.rtt.append(with_cpu(vm, pid, lambda: guest_ping(vm, c2.address, ping_count)))
+    time.sleep(0.5)  # the ping's queues drain
+    guest.stream.append(
+        with_cpu(vm, pid, lambda: stream_from_guest(guest.address, c2.netns, stream_seconds))
+    )
 
 
 def qemu_version() -> str:
@@ -317,8 +317,19 @@ def measure_vms(
     stream_seconds: float,
     progress: Callable[[str], None],
     settle: float = 1.0,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Every variant in turn; each entry is its numbers or ``{"error": ...}``, never a raise."""
+    """Every variant's VM booted side by side, then measured in turn, ``rounds`` times
+    over (each round starting one variant later); each figure is its variant's median
+    round, with every round's figure beside it.
+
+    One run per variant, one variant after another, was how this started: the VM row's
+    ratio then came out 0.92×, 1.16× and 0.98× in three runs of the same tree, because
+    an emulated guest's speed drifts over minutes by more than the variants differ.
+    Taken alternately, the rounds of the variants see the same drift.
+
+    Each entry is its numbers or ``{"error": ...}``, never a raise.
+    """
     try:
         image = ensure_vm_image()
         qemu = qemu_version()
@@ -332,28 +343,67 @@ def measure_vms(
         "guest_memory_mib": GUEST_MEMORY_MIB,
         "ping_count": ping_count,
         "stream_seconds": stream_seconds,
+        "rounds": rounds,
+        "side_by_side": True,
     }
-    for variant in VARIANTS:
-        if SETUP_OF[variant] not in setups:
-            out[variant] = {"error": f"no {SETUP_OF[variant]} setup in this run"}
-            continue
-        setup = setups[SETUP_OF[variant]]
-        progress(f"{'vm':8} {variant:9} ... (boots a TCG guest)")
-        try:
-            out[variant] = run_variant(
-                variant,
-                lab,
-                setup,
-                image,
-                workdir,
-                ping_count=ping_count,
-                stream_seconds=stream_seconds,
-            )
-        except Exception as exc:  # a VM that fails must not end the bench
+    guests: dict[str, Guest] = {}
+    with contextlib.ExitStack() as stack:
+
+        def failed(variant: str, exc: Exception) -> None:  # a VM that fails must not end it
             out[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:2000]}"}
-        progress(f"{'':8} {'':9} {brief(out[variant])}")
-        time.sleep(settle)
+            guests.pop(variant, None)
+            progress(f"{'vm':8} {variant:9} {brief(out[variant])}")
+
+        holds: dict[str, contextlib.ExitStack] = {}
+        for variant in VARIANTS:
+            if SETUP_OF[variant] not in setups:
+                out[variant] = {"error": f"no {SETUP_OF[variant]} setup in this run"}
+                continue
+            progress(f"{'vm':8} {variant:9} boots (a TCG guest, beside the others)")
+            holds[variant] = stack.enter_context(contextlib.ExitStack())
+            try:
+                guests[variant] = start_guest(
+                    holds[variant], variant, lab, setups[SETUP_OF[variant]], image, workdir
+                )
+            except Exception as exc:
+                holds[variant].close()
+                failed(variant, exc)
+        for variant, guest in list(guests.items()):
+            try:
+                ready_guest(holds[variant], guest)
+            except Exception as exc:
+                holds[variant].close()
+                failed(variant, exc)
+        for round_no in range(rounds):
+            order = list(guests)
+            order = order[round_no % len(order) :] + order[: round_no % len(order)] if order else []
+            for variant in order:
+                progress(f"{'vm':8} {variant:9} {round_no + 1}/{rounds} ...")
+                try:
+                    measure_round(
+                        guests[variant], ping_count=ping_count, stream_seconds=stream_seconds
+                    )
+                except Exception as exc:
+                    holds[variant].close()
+                    failed(variant, exc)
+                    continue
+                g = guests[variant]
+                progress(f"{'':8} {'':9} {brief(_summary(g, g.rtt[-1:], g.stream[-1:]))}")
+                time.sleep(settle)
+        for variant, guest in guests.items():
+            out[variant] = _summary(guest, guest.rtt, guest.stream)
     return out
+
+
+def _summary(
+    guest: Guest, rtt: list[dict[str, Any]], stream: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "boot_s": guest.boot_s,
+        "rtt": median_round(rtt, "median_us"),
+        "stream": median_round(stream, "mbit_s"),
+        "attach": guest.attach,
+    }
 
 
 def brief(r: dict[str, Any]) -> str:
