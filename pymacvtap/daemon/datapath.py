@@ -83,10 +83,14 @@ class SoftwarePath:
         for fd in rt.fds - wanted:
             self.loop.remove_reader(fd)
         if rt.blocked is not None and rt.blocked not in wanted:
-            # The peer we waited on to drain is gone (a VM disconnected while
-            # full): stop waiting, or the endpoint would never be written again.
+            # The peer we waited on to drain may be gone (a VM disconnected while
+            # full), or the fd was never one we read (vhost-user's gate, whatever fd
+            # changed): stop waiting on it and write again, which waits anew if the
+            # peer is still full; else frames already queued would wait for the next.
             self.loop.remove_writer(rt.blocked)
             rt.blocked = None
+            if rt.ep.port is not None and rt.ep.rx_queue:
+                rt.ep.port.ready[rt.ep] = None
         for fd in wanted - rt.fds:
             self.loop.add_reader(fd, self._reader(rt, fd))
         rt.fds = wanted

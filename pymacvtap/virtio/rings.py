@@ -23,8 +23,9 @@ from pymacvtap.virtio.messages import Refused
 from pymacvtap.virtio.offload import to_plain
 from pymacvtap.virtio.virtqueue import RX_NO_BUFFERS, RX_OK, Virtqueue
 
-# Rounds of "out of buffers, re-arm the kick, buffers came meanwhile" before write() gives up
-# and waits for the kick: bounds the work one write does against a guest racing us.
+# Rounds in a row of "out of buffers, re-arm the kick, buffers came meanwhile" (each too few
+# for the frame) before write() stops and kicks itself: bounds the work one write does
+# against a guest that adds buffers one at a time.
 _REARM_RETRIES = 3
 
 
@@ -254,6 +255,7 @@ class Rings:
                 continue
             if result == RX_OK:
                 touched[vq] = None
+                retries = 0
             elif result != RX_NO_BUFFERS:  # too big for the guest's buffers
                 vq.stats.dropped += 1
             else:
@@ -265,9 +267,15 @@ class Rings:
                     self.rx_dropped += len(queue)
                     queue.clear()
                     break
-                if more and retries < _REARM_RETRIES:
-                    retries += 1
-                    continue
+                if more:
+                    if retries < _REARM_RETRIES:
+                        retries += 1
+                        continue
+                    # Buffers keep coming, each time too few: stop here, but the guest
+                    # may have added them before it could see the re-armed avail_event
+                    # (and so not kicked): the kick it owes us is ours to give.
+                    for r in rings:
+                        self._kick_self(r.index)
                 return True
             queue.popleft()
             budget -= 1

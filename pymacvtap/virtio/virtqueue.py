@@ -226,7 +226,11 @@ class Virtqueue:
         if self._mem is None:
             return
         if self.event_idx:
-            _U16.pack_into(self._ubuf, self._uoff + 4 + 8 * self.num, self.last_avail)
+            # The threshold is the avail index last seen, not last_avail: a receive
+            # ring can hold chains we have seen but not used (too few for a frame).
+            # The driver kicks when it adds the entry at avail_event; one below its
+            # index already would never be passed again, and no kick would come.
+            _U16.pack_into(self._ubuf, self._uoff + 4 + 8 * self.num, self._shadow_avail)
         else:
             _U16.pack_into(self._ubuf, self._uoff, 0)
 
