@@ -265,7 +265,7 @@ class EbpfPath(SoftwarePath):
 
     def _detach_tc(self, ifindex: int) -> None:
         with contextlib.suppress(OSError):
-            self.fastpath.detach(ifindex)
+            self.fastpath.detach(ifindex, self.fastpath.prog_fds.values())
 
     def close(self) -> None:
         """Stop: every program detached (by the detach calls before), the maps released,

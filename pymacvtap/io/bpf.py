@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -39,9 +40,8 @@ from pymacvtap.bpf.tables import (
     unpack_stats,
 )
 from pymacvtap.io import hooks
-from pymacvtap.io.libbpf import BpfError, TestRunOpts, check, libbpf
-
-__all__ = ["BpfError", "FastPath", "object_path"]
+from pymacvtap.io.libbpf import BpfError as BpfError  # re-exported: the loader's error
+from pymacvtap.io.libbpf import TestRunOpts, check, libbpf
 
 PROGRAMS = ("lower_ingress", "endpoint_ingress", "inbox_ingress")
 MAPS = (
@@ -260,13 +260,14 @@ class FastPath:
         self.hook = hooks.attach(ifindex, self.prog_fds[prog], prog, self.hook)
 
     @staticmethod
-    def detach(ifindex: int) -> None:
+    def detach(ifindex: int, own: Iterable[int] = ()) -> None:
         """Take our programs off ``ifindex`` (this daemon's or a killed one's, either hook).
 
         Only :data:`PROGRAMS` go: a user's own programs and tc filters on a lower (and
-        the clsact qdisc they hang on) stay.
+        the clsact qdisc they hang on) stay.  ``own``: the loaded programs' fds
+        (:attr:`prog_fds`), which detach without looking programs up by id.
         """
-        hooks.detach(ifindex, PROGRAMS)
+        hooks.detach(ifindex, PROGRAMS, own)
 
     @staticmethod
     def ours_attached(ifindex: int) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pyroute2 import IPRoute
@@ -90,10 +91,19 @@ def attached(ifindex: int, names: tuple[str, ...]) -> list[tuple[Hook, str]]:
     return found
 
 
-def detach(ifindex: int, names: tuple[str, ...]) -> None:
+def detach(ifindex: int, names: tuple[str, ...], own: Iterable[int] = ()) -> None:
     """Take the programs ``names`` off ``ifindex``, on either hook, and the clsact qdisc
-    if nothing else hangs on it.  A user's own programs and filters stay."""
+    if nothing else hangs on it.  A user's own programs and filters stay.
+
+    ``own``: fds of the programs this process loaded, detached by fd first.  Finding a
+    tcx program by id (a killed daemon's) takes ``CAP_SYS_ADMIN``
+    (``BPF_PROG_GET_FD_BY_ID``); without it only these go.
+    """
     lib = libbpf()
+    for fd in own:
+        ret = lib.bpf_prog_detach2(fd, ifindex, BPF_TCX_INGRESS)
+        if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            check(ret, f"detach a program from ifindex {ifindex} (tcx)")
     for prog_id in _tcx_programs(ifindex):
         fd, name = _open_program(prog_id)
         if fd < 0:
@@ -130,10 +140,13 @@ def _tcx_programs(ifindex: int) -> list[int]:
 
 
 def _open_program(prog_id: int) -> tuple[int, str]:
-    """An fd on the program ``prog_id`` and its name; (-1, "") if it has gone."""
+    """An fd on the program ``prog_id`` and its name; (-1, "") if it has gone, or if this
+    process may not open programs by id (no ``CAP_SYS_ADMIN``)."""
     lib = libbpf()
     fd = int(lib.bpf_prog_get_fd_by_id(prog_id))
     if fd < 0:
+        if -fd not in (errno.ENOENT, errno.EPERM):
+            check(fd, f"open program {prog_id}")
         return -1, ""
     info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
     size = ctypes.c_uint32(_PROG_INFO_SIZE)

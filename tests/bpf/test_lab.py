@@ -327,3 +327,13 @@ def test_detaching_leaves_a_users_own_filters_on_the_lower(fast_lab: FastLab) ->
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "clsact" not in qdiscs
+
+
+def test_the_programs_a_daemon_loaded_come_off_by_their_fds(fast_lab: FastLab) -> None:
+    """Without looking programs up by id (BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN): no
+    names to look for here, so only the fds can take the program off."""
+    lower = ifindex(fast_lab.lab.host, LOWER)
+    with in_netns(fast_lab.lab.host):
+        assert hooks.attached(lower, PROGRAMS) == [("tcx", "lower_ingress")]
+        hooks.detach(lower, (), own=fast_lab.fastpath.prog_fds.values())
+        assert hooks.attached(lower, PROGRAMS) == []
