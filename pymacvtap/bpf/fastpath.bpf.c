@@ -365,8 +365,9 @@ static __always_inline void count_not_ours(__u32 slot)
  * into the ingress of its inbox device.  From a lower the host keeps the frame too (a
  * copy goes, and the label comes off again); from an endpoint's device it is the
  * daemon's alone.  With no inbox or no label (a device the daemon is still setting
- * up) the frame goes on as if no program were there. */
-/* A frame that goes on to the host's stack is TC_ACT_UNSPEC, not TC_ACT_OK: on both hooks
+ * up) the frame goes on as if no program were there.
+ *
+ * A frame that goes on to the host's stack is TC_ACT_UNSPEC, not TC_ACT_OK: on both hooks
  * that lets the programs and filters after ours on the device (a user's, on a lower) see
  * it as if ours were not there; TC_ACT_OK would end the device's ingress programs here. */
 static __always_inline int to_daemon(struct __sk_buff *skb, const int from_lower)
