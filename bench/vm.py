@@ -278,26 +278,27 @@ def start_guest(
     return Guest(vm, address, setup, port.how)
 
 
-def ready_guest(stack: contextlib.ExitStack, guest: Guest) -> None:
-    """Wait for the guest, resolve c2 both ways outside the measurements, start httpd."""
+def ready_guest(guest: Guest) -> None:
+    """Wait for the guest and resolve c2 both ways, outside the measurements."""
     c2 = guest.setup.containers["c2"]
     guest.vm.wait_for_marker("PMVT-READY", timeout=BOOT_TIMEOUT_S)
     guest.boot_s = round(guest.vm.booted_after or 0.0, 1)
     rc, out = guest.vm.run(f"pmvt_wait_reply {c2.address} 30", timeout=60)
     if rc != 0:
         raise MeasureError(f"the VM gets no reply from c2 {c2.address}: {out}")
-    stack.enter_context(serving_a_file(guest.vm))
 
 
 def measure_round(guest: Guest, *, ping_count: int, stream_seconds: float) -> None:
-    """Round trips, then throughput, each with the daemon's CPU (the kernel setup: none)."""
+    """Round trips, then throughput (httpd started after the pings, as before the rounds
+    came), each with the daemon's CPU (the kernel setup: none)."""
     c2 = guest.setup.containers["c2"]
     vm, pid = guest.vm, guest.setup.daemon_pid
     guest.rtt.append(with_cpu(vm, pid, lambda: guest_ping(vm, c2.address, ping_count)))
-    time.sleep(0.5)  # the ping's queues drain
-    guest.stream.append(
-        with_cpu(vm, pid, lambda: stream_from_guest(guest.address, c2.netns, stream_seconds))
-    )
+    with serving_a_file(vm):
+        time.sleep(0.5)  # the ping's queues drain
+        guest.stream.append(
+            with_cpu(vm, pid, lambda: stream_from_guest(guest.address, c2.netns, stream_seconds))
+        )
 
 
 def qemu_version() -> str:
@@ -362,7 +363,7 @@ def measure_vms(
             try:
                 with contextlib.ExitStack() as stack:
                     guest = start_guest(stack, variant, lab, setup, image, workdir)
-                    ready_guest(stack, guest)
+                    ready_guest(guest)
                     measure_round(guest, ping_count=ping_count, stream_seconds=stream_seconds)
             except Exception as exc:  # a VM that fails must not end the bench
                 errors[variant].append(f"{type(exc).__name__}: {str(exc)[:2000]}")
