@@ -47,6 +47,10 @@ class DataPath(Protocol):
     def harvest(self) -> None:
         """Bring the engine's counters up to date with what was counted elsewhere (kernel)."""
 
+    def counters(self) -> dict[str, int]:
+        """The data path's own counts of frames charged to no endpoint or lower, by name."""
+        ...
+
     def close(self) -> None:
         """Stop: whatever the data path put outside this process is taken away."""
 
@@ -110,6 +114,10 @@ class SoftwarePath:
 
     def harvest(self) -> None:
         """Nothing to do: every frame is counted by the engine as it passes."""
+
+    def counters(self) -> dict[str, int]:
+        """None: every frame is some endpoint's or lower's."""
+        return {}
 
     def close(self) -> None:
         """Nothing outside the process to take away."""

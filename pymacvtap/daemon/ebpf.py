@@ -238,6 +238,9 @@ class EbpfPath(SoftwarePath):
         for table, _name, slot in leaving:
             self._seen.pop((table, slot), None)
 
+    def counters(self) -> dict[str, int]:
+        return {"inbox_unlabelled": self.inbox_unknown}
+
     def _tick(self) -> None:
         try:
             self.sync()

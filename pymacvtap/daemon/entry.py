@@ -90,7 +90,9 @@ def _run(args: argparse.Namespace, socket_path: str, state_dir: str, admin_gid: 
         # Bound while the daemon may still bind any port (below 1024 too)...
         try:
             address = parse_address(args.metrics)
-            metrics = bind_metrics(*address, service.endpoints, service.lowers.table)
+            metrics = bind_metrics(
+                *address, service.endpoints, service.lowers.table, service.datapath
+            )
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             print(f"pymacvtap: daemon: --metrics {args.metrics}: {reason}", file=sys.stderr)

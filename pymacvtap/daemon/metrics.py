@@ -51,6 +51,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from pymacvtap import __version__
 from pymacvtap.core.port import Endpoint
+from pymacvtap.daemon.datapath import DataPath
 from pymacvtap.daemon.runtime import EndpointRuntime, LowerRuntime
 from pymacvtap.daemon.view import addresses, engine_drops
 from pymacvtap.daemon.view import counters as endpoint_counters
@@ -80,14 +81,24 @@ _LOWER_COUNTERS = (
 )
 
 
+_DATAPATH_COUNTERS = {
+    "inbox_unlabelled": "frames the fast path's programs handed to the daemon under a label "
+    "no device holds (any more): dropped",
+}
+
+
 class DaemonCollector:
     """Reads the daemon's endpoints and lowers on every scrape (see the module docstring)."""
 
     def __init__(
-        self, endpoints: Mapping[str, EndpointRuntime], lowers: Mapping[str, LowerRuntime]
+        self,
+        endpoints: Mapping[str, EndpointRuntime],
+        lowers: Mapping[str, LowerRuntime],
+        datapath: DataPath | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.lowers = lowers
+        self.datapath = datapath
 
     def describe(self) -> Iterable[Metric]:
         return []  # names vary with the state; nothing to check at registration
@@ -97,6 +108,13 @@ class DaemonCollector:
         lowers = list(self.lowers.items())
         yield from self._endpoint_metrics(endpoints)
         yield from self._lower_metrics(lowers)
+        if self.datapath is not None:
+            for name, value in self.datapath.counters().items():
+                family = CounterMetricFamily(
+                    f"pymacvtap_datapath_{name}", _DATAPATH_COUNTERS.get(name, name)
+                )
+                family.add_metric([], value)
+                yield family
         count = GaugeMetricFamily("pymacvtap_endpoints", "endpoints in the daemon")
         count.add_metric([], len(endpoints))
         yield count
@@ -236,6 +254,7 @@ def bind_metrics(
     port: int,
     endpoints: Mapping[str, EndpointRuntime],
     lowers: Mapping[str, LowerRuntime],
+    datapath: DataPath | None = None,
 ) -> MetricsServer:
     """A server for the metrics of ``endpoints`` and ``lowers`` on http://ADDR:PORT/metrics.
 
@@ -247,7 +266,7 @@ def bind_metrics(
     Raises OSError when the address cannot be bound.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(endpoints, lowers))
+    registry.register(DaemonCollector(endpoints, lowers, datapath))
     family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
 
     class Server(ThreadingWSGIServer):
