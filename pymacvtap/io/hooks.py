@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from pyroute2 import IPRoute
@@ -76,13 +76,7 @@ def attach(ifindex: int, prog_fd: int, name: str, hook: Hook) -> Hook:
 
 def attached(ifindex: int, names: tuple[str, ...]) -> list[tuple[Hook, str]]:
     """Which of the programs ``names`` are on the ingress of ``ifindex``, and by which hook."""
-    found: list[tuple[Hook, str]] = []
-    for prog_id in _tcx_programs(ifindex):
-        fd, name = _open_program(prog_id)
-        if fd >= 0:
-            os.close(fd)
-            if _ours(name, names):
-                found.append(("tcx", name))
+    found: list[tuple[Hook, str]] = [("tcx", name) for _fd, name in _tcx_ours(ifindex, names)]
     found.extend(
         ("clsact", str(f.get(("TCA_OPTIONS", "TCA_BPF_NAME"))))
         for f in _clsact_filters(ifindex)
@@ -104,22 +98,29 @@ def detach(ifindex: int, names: tuple[str, ...], own: Iterable[int] = ()) -> Non
         ret = lib.bpf_prog_detach2(fd, ifindex, BPF_TCX_INGRESS)
         if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
             check(ret, f"detach a program from ifindex {ifindex} (tcx)")
+    for fd, name in _tcx_ours(ifindex, names):
+        ret = lib.bpf_prog_detach2(fd, ifindex, BPF_TCX_INGRESS)
+        if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV):
+            check(ret, f"detach {name} from ifindex {ifindex} (tcx)")
+    _detach_clsact(ifindex, names)
+
+
+def _ours(name: object, names: tuple[str, ...]) -> bool:
+    return isinstance(name, str) and name[:_NAME_LEN] in {n[:_NAME_LEN] for n in names}
+
+
+def _tcx_ours(ifindex: int, names: tuple[str, ...]) -> Iterator[tuple[int, str]]:
+    """(fd, name) of each tcx ingress program of ``ifindex`` named one of ``names``; the
+    fd is open until the caller asks for the next one."""
     for prog_id in _tcx_programs(ifindex):
         fd, name = _open_program(prog_id)
         if fd < 0:
             continue
         try:
             if _ours(name, names):
-                ret = lib.bpf_prog_detach2(fd, ifindex, BPF_TCX_INGRESS)
-                if ret < 0 and -ret not in (errno.ENOENT, errno.ENODEV):
-                    check(ret, f"detach {name} from ifindex {ifindex} (tcx)")
+                yield fd, name
         finally:
             os.close(fd)
-    _detach_clsact(ifindex, names)
-
-
-def _ours(name: object, names: tuple[str, ...]) -> bool:
-    return isinstance(name, str) and name[:_NAME_LEN] in {n[:_NAME_LEN] for n in names}
 
 
 def _tcx_programs(ifindex: int) -> list[int]:
