@@ -253,8 +253,8 @@ class Guest:
     setup: Setup
     attach: str
     boot_s: float = 0.0
-    rtt: list[dict[str, Any]] = field(default_factory=list)
-    stream: list[dict[str, Any]] = field(default_factory=list)
+    rtt: dict[str, Any] = field(default_factory=dict)  # measure_round's
+    stream: dict[str, Any] = field(default_factory=dict)
 
 
 def start_guest(
@@ -293,11 +293,11 @@ def measure_round(guest: Guest, *, ping_count: int, stream_seconds: float) -> No
     came), each with the daemon's CPU (the kernel setup: none)."""
     c2 = guest.setup.containers["c2"]
     vm, pid = guest.vm, guest.setup.daemon_pid
-    guest.rtt.append(with_cpu(vm, pid, lambda: guest_ping(vm, c2.address, ping_count)))
+    guest.rtt = with_cpu(vm, pid, lambda: guest_ping(vm, c2.address, ping_count))
     with serving_a_file(vm):
         time.sleep(0.5)  # the ping's queues drain
-        guest.stream.append(
-            with_cpu(vm, pid, lambda: stream_from_guest(guest.address, c2.netns, stream_seconds))
+        guest.stream = with_cpu(
+            vm, pid, lambda: stream_from_guest(guest.address, c2.netns, stream_seconds)
         )
 
 
@@ -386,8 +386,8 @@ def _summary(guests: list[Guest]) -> dict[str, Any]:
     """The median round of a variant's guests (one guest per round), and every round's."""
     return {
         "boot_s": sorted(g.boot_s for g in guests)[(len(guests) - 1) // 2],
-        "rtt": median_round([g.rtt[-1] for g in guests], "median_us"),
-        "stream": median_round([g.stream[-1] for g in guests], "mbit_s"),
+        "rtt": median_round([g.rtt for g in guests], "median_us"),
+        "stream": median_round([g.stream for g in guests], "mbit_s"),
         "attach": guests[0].attach,
     }
 
